@@ -1,0 +1,357 @@
+"""Handles the async interfaces hand out: deliveries, streams, services,
+leases and claims.
+
+Each handle is a concrete class over a small backend *impl* object (the
+``*Impl`` protocols below), as klieo-core's ``AckHandle(Box<dyn AckHandleImpl>)``
+is. The handle enforces the rules every backend shares — exactly one of
+ack/nak/term per delivery, exactly one of ack/nak/dead_letter per claim,
+argument checks — so an impl only carries out an operation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Generic, Protocol, TypeVar
+
+from ._errors import AlreadyAcknowledged, Timeout
+from ._values import Headers, JobId, KvChange, check_duration
+
+__all__ = [
+    "AckImpl",
+    "ClaimImpl",
+    "ClaimedJob",
+    "KvWatch",
+    "Lease",
+    "LeaseImpl",
+    "Msg",
+    "MsgStream",
+    "Service",
+    "ServiceImpl",
+    "StreamImpl",
+]
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class AckImpl(Protocol):
+    """Backend side of a delivery's acknowledgement. Called at most once for
+    ack/nak/term; ``in_progress`` any number of times before that."""
+
+    async def ack(self) -> None: ...
+    async def nak(self, delay: float) -> None: ...
+    async def term(self) -> None: ...
+    async def in_progress(self) -> None: ...
+
+
+class _Resolvable:
+    __slots__ = ("_resolved_by",)
+
+    def __init__(self) -> None:
+        self._resolved_by: str | None = None
+
+    @property
+    def resolved(self) -> bool:
+        """Whether one of the resolving operations was called."""
+        return self._resolved_by is not None
+
+    def _claim_resolution(self, what: str, op: str) -> None:
+        if self._resolved_by is not None:
+            raise AlreadyAcknowledged(what, self._resolved_by)
+        self._resolved_by = op
+
+    def _check_open(self, what: str) -> None:
+        if self._resolved_by is not None:
+            raise AlreadyAcknowledged(what, self._resolved_by)
+
+
+class Msg(_Resolvable):
+    """One delivery of a message to a durable consumer.
+
+    ``seq`` is the message's sequence in its stream (the same across
+    redeliveries); ``delivery_count`` is 1 on first delivery. Exactly one of
+    :meth:`ack`, :meth:`nak`, :meth:`term` may be called; a second raises
+    :class:`~klieo_shm.AlreadyAcknowledged`. Without any of them the message
+    is redelivered after the consumer's ``ack_wait``, or at once when the
+    member holding it goes away.
+    """
+
+    __slots__ = ("_impl", "delivery_count", "headers", "payload", "seq", "subject")
+
+    def __init__(
+        self,
+        subject: str,
+        payload: bytes,
+        headers: Headers,
+        seq: int,
+        delivery_count: int,
+        impl: AckImpl,
+    ) -> None:
+        super().__init__()
+        self.subject = subject
+        self.payload = payload
+        self.headers = headers
+        self.seq = seq
+        self.delivery_count = delivery_count
+        self._impl = impl
+
+    def __repr__(self) -> str:
+        return (
+            f"Msg(subject={self.subject!r}, seq={self.seq}, "
+            f"delivery_count={self.delivery_count}, payload_len={len(self.payload)})"
+        )
+
+    async def ack(self) -> None:
+        """Processing succeeded: the message is never delivered again."""
+        self._claim_resolution("message", "ack")
+        await self._impl.ack()
+
+    async def nak(self, delay: float = 0.0) -> None:
+        """Processing failed: redeliver after ``delay`` seconds (0 = now)."""
+        delay = check_duration("delay", delay)
+        self._claim_resolution("message", "nak")
+        await self._impl.nak(delay)
+
+    async def term(self) -> None:
+        """Give up on the message: it is never delivered again."""
+        self._claim_resolution("message", "term")
+        await self._impl.term()
+
+    async def in_progress(self) -> None:
+        """Still working: restart this delivery's ``ack_wait`` clock."""
+        self._check_open("message")
+        await self._impl.in_progress()
+
+
+class StreamImpl(Protocol[T_co]):
+    """Backend side of a stream. ``next`` waits for the next item and returns
+    ``None`` once the stream is closed; cancelling ``next`` loses no item."""
+
+    async def next(self) -> T_co | None: ...
+    async def close(self) -> None: ...
+
+
+class _Stream(Generic[T]):
+    __slots__ = ("_closed", "_impl")
+
+    def __init__(self, impl: StreamImpl[T]) -> None:
+        self._impl = impl
+        self._closed = False
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        item = await self._impl.next()
+        if item is None:
+            raise StopAsyncIteration
+        return item
+
+    async def next(self, timeout: float | None = None) -> T | None:
+        """The next item, or ``None`` once the stream is closed. With a
+        ``timeout``, raise :class:`~klieo_shm.Timeout` when nothing came."""
+        if timeout is None:
+            return await self._impl.next()
+        timeout = check_duration("timeout", timeout)
+        try:
+            return await asyncio.wait_for(self._impl.next(), timeout)
+        except TimeoutError:
+            raise Timeout("next", timeout) from None
+
+    async def close(self) -> None:
+        """End the stream. Idempotent; a pending ``next`` returns ``None``."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._impl.close()
+
+    async def __aenter__(self: _S) -> _S:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+_S = TypeVar("_S", bound="_Stream[object]")
+
+
+class MsgStream(_Stream[Msg]):
+    """The deliveries of one member of a durable consumer group.
+
+    Iterate with ``async for``. :meth:`close` ends the membership: the
+    durable stays, and this member's unacknowledged deliveries go to the
+    other members at once.
+    """
+
+    __slots__ = ()
+
+
+class KvWatch(_Stream[KvChange]):
+    """Changes in a bucket: first every current value matching the pattern,
+    then each later put and delete, in revision order. :meth:`close` ends it."""
+
+    __slots__ = ()
+
+
+class ServiceImpl(Protocol):
+    """Backend side of a request server."""
+
+    async def stop(self) -> None: ...
+
+
+class Service:
+    """A handler serving a subject. Servers of one subject share its requests.
+
+    :meth:`stop` stops taking requests; idempotent.
+    """
+
+    __slots__ = ("_impl", "_stopped", "subject")
+
+    def __init__(self, subject: str, impl: ServiceImpl) -> None:
+        self.subject = subject
+        self._impl = impl
+        self._stopped = False
+
+    async def stop(self) -> None:
+        """Stop serving. Requests already taken still get their reply."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self._impl.stop()
+
+    async def __aenter__(self) -> Service:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+class LeaseImpl(Protocol):
+    """Backend side of a lease; ``token`` identifies the grant (fencing)."""
+
+    async def heartbeat(self) -> None: ...
+    async def release(self) -> None: ...
+
+
+class Lease:
+    """An exclusive lease on (``bucket``, ``key``), valid for ``ttl`` seconds
+    from the last grant or heartbeat, and ended at once when its holder's
+    process dies.
+
+    ``token`` is the fencing token: it increases with every grant of the same
+    key. A heartbeat or release after the lease was lost raises
+    :class:`~klieo_shm.Conflict`. ``async with`` releases on exit.
+    """
+
+    __slots__ = ("_impl", "_released", "bucket", "key", "token", "ttl")
+
+    def __init__(self, bucket: str, key: str, ttl: float, token: int, impl: LeaseImpl) -> None:
+        self.bucket = bucket
+        self.key = key
+        self.ttl = ttl
+        self.token = token
+        self._impl = impl
+        self._released = False
+
+    def __repr__(self) -> str:
+        return f"Lease(bucket={self.bucket!r}, key={self.key!r}, token={self.token})"
+
+    async def heartbeat(self) -> None:
+        """Extend the lease by ``ttl`` from now; ``Conflict`` if it was lost."""
+        await self._impl.heartbeat()
+
+    async def release(self) -> None:
+        """End the lease. A second release does nothing; ``Conflict`` if the
+        lease was already taken over by someone else."""
+        if self._released:
+            return
+        self._released = True
+        await self._impl.release()
+
+    async def __aenter__(self) -> Lease:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.release()
+
+
+class ClaimImpl(Protocol):
+    """Backend side of a job claim; each resolving call is made at most once."""
+
+    async def heartbeat(self) -> None: ...
+    async def ack(self) -> None: ...
+    async def nak(self, delay: float) -> None: ...
+    async def dead_letter(self, reason: str) -> None: ...
+
+
+class ClaimedJob(_Resolvable):
+    """A job claimed by one worker for ``lease_ttl`` seconds.
+
+    ``attempt`` is 1 on the first claim. ``token`` is the claim's fencing
+    token. Exactly one of :meth:`ack`, :meth:`nak`, :meth:`dead_letter` may be
+    called; any of them, or :meth:`heartbeat`, after the claim was taken over
+    (TTL expiry) raises :class:`~klieo_shm.Conflict`.
+    """
+
+    __slots__ = ("_impl", "attempt", "dedup_key", "id", "payload", "queue", "token")
+
+    def __init__(
+        self,
+        queue: str,
+        id: JobId,
+        payload: bytes,
+        attempt: int,
+        token: int,
+        impl: ClaimImpl,
+        dedup_key: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.queue = queue
+        self.id = id
+        self.payload = payload
+        self.attempt = attempt
+        self.token = token
+        self.dedup_key = dedup_key
+        self._impl = impl
+
+    def __repr__(self) -> str:
+        return f"ClaimedJob(queue={self.queue!r}, id={self.id!r}, attempt={self.attempt})"
+
+    async def heartbeat(self) -> None:
+        """Extend the claim by its ``lease_ttl`` from now."""
+        self._check_open("job")
+        await self._impl.heartbeat()
+
+    async def ack(self) -> None:
+        """The job is done and removed."""
+        self._claim_resolution("job", "ack")
+        await self._impl.ack()
+
+    async def nak(self, delay: float = 0.0) -> None:
+        """Retry after ``delay`` seconds; counts as an attempt. Past the
+        job's max_attempts it becomes a dead letter instead."""
+        delay = check_duration("delay", delay)
+        self._claim_resolution("job", "nak")
+        await self._impl.nak(delay)
+
+    async def dead_letter(self, reason: str) -> None:
+        """Move the job to the dead letters now, with ``reason``."""
+        self._claim_resolution("job", "dead_letter")
+        await self._impl.dead_letter(str(reason))

@@ -1,0 +1,156 @@
+"""Plain values that cross the bus: entries, jobs, dead letters.
+
+Every value is a frozen, slotted dataclass. Payloads are ``bytes``; the
+public API accepts any bytes-like input and copies it once into ``bytes``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final, Literal, TypeAlias
+
+from ._errors import InvalidArgument
+
+__all__ = [
+    "DEFAULT_ACK_WAIT",
+    "DEFAULT_MAX_ATTEMPTS",
+    "DeadLetter",
+    "Headers",
+    "Job",
+    "JobId",
+    "KvChange",
+    "KvEntry",
+    "QueueStats",
+    "Revision",
+    "as_bytes",
+    "check_duration",
+    "check_headers",
+]
+
+Headers: TypeAlias = dict[str, str]
+"""Opaque string headers that travel with a message."""
+
+JobId: TypeAlias = str
+"""A job's stable id, unique within its queue."""
+
+Revision: TypeAlias = int
+"""A KV revision: the bucket's sequence number after a write (first is 1)."""
+
+DEFAULT_ACK_WAIT: Final = 30.0
+"""Seconds a delivery may stay unacknowledged before it is redelivered."""
+
+DEFAULT_MAX_ATTEMPTS: Final = 5
+"""Claims a job gets before it becomes a dead letter, unless it says otherwise."""
+
+
+def as_bytes(payload: object, what: str = "payload") -> bytes:
+    """``payload`` as ``bytes``; any bytes-like object is accepted (copied once)."""
+    if type(payload) is bytes:
+        return payload
+    if isinstance(payload, bytes | bytearray | memoryview):
+        return bytes(payload)
+    raise InvalidArgument(
+        what, type(payload).__name__, "must be bytes-like (bytes, bytearray, memoryview)"
+    )
+
+
+def check_duration(what: str, seconds: float, *, positive: bool = False) -> float:
+    """``seconds`` as a float, refusing negatives (and zero when ``positive``)."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise InvalidArgument(what, seconds, "must be a number of seconds")
+    value = float(seconds)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise InvalidArgument(what, seconds, "must be finite")
+    if value < 0 or (positive and value == 0):
+        raise InvalidArgument(what, seconds, "must be > 0" if positive else "must be >= 0")
+    return value
+
+
+def check_headers(headers: object) -> Headers:
+    """A copy of ``headers`` (``None`` gives an empty dict); keys and values must be str."""
+    if headers is None:
+        return {}
+    if not isinstance(headers, dict):
+        raise InvalidArgument("headers", headers, "must be a dict[str, str] or None")
+    for k, v in headers.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise InvalidArgument("headers", headers, "keys and values must be str")
+    return dict(headers)
+
+
+@dataclass(frozen=True, slots=True)
+class KvEntry:
+    """A key's value and the revision of the write that stored it."""
+
+    value: bytes
+    revision: Revision
+
+
+@dataclass(frozen=True, slots=True)
+class KvChange:
+    """One event from ``KvStore.watch``: a current value or a later change.
+
+    ``operation`` is ``"put"`` (``value`` holds the new value) or ``"delete"``
+    (``value`` is empty). ``revision`` is the bucket revision of the change.
+    """
+
+    bucket: str
+    key: str
+    value: bytes
+    revision: Revision
+    operation: Literal["put", "delete"] = "put"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A unit of work for ``JobQueue.enqueue``.
+
+    ``dedup_key``: enqueueing a job whose key already has a record in the KV
+    bucket ``dedup.<queue>`` returns the original id and enqueues nothing.
+    ``max_attempts``: claims before the job becomes a dead letter
+    (``None``: the default of 5).
+    """
+
+    payload: bytes
+    dedup_key: str | None = None
+    max_attempts: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "payload", as_bytes(self.payload))
+        if self.max_attempts is not None and (
+            isinstance(self.max_attempts, bool)
+            or not isinstance(self.max_attempts, int)
+            or self.max_attempts < 1
+        ):
+            raise InvalidArgument("max_attempts", self.max_attempts, "must be an int >= 1 or None")
+        if self.dedup_key is not None:
+            from ._names import validate_key
+
+            validate_key(self.dedup_key)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A job that will not be retried: its payload, the claims it got and why.
+
+    Kept until removed (``JobQueue.discard``) or requeued (``JobQueue.requeue``).
+    """
+
+    id: JobId
+    queue: str
+    payload: bytes
+    attempts: int
+    reason: str
+    dedup_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Counts of a queue's jobs by state, as the backend saw them at one instant."""
+
+    queue: str
+    ready: int
+    delayed: int
+    claimed: int
+    dead: int
+    extra: dict[str, int] = field(default_factory=dict)
