@@ -305,12 +305,23 @@ class ClaimedJob(_Resolvable):
     """A job claimed by one worker for ``lease_ttl`` seconds.
 
     ``attempt`` is 1 on the first claim. ``token`` is the claim's fencing
-    token. Exactly one of :meth:`ack`, :meth:`nak`, :meth:`dead_letter` may be
-    called; any of them, or :meth:`heartbeat`, after the claim was taken over
-    (TTL expiry) raises :class:`~klieo_shm.Conflict`.
+    token. ``dedup_key`` is the job's idempotency key, if any, and
+    ``max_attempts`` the claims it gets before it becomes a dead letter (``None``
+    when the backend does not know). Exactly one of :meth:`ack`, :meth:`nak`,
+    :meth:`dead_letter` may be called; any of them, or :meth:`heartbeat`,
+    after the claim was taken over (TTL expiry) raises :class:`~klieo_shm.Conflict`.
     """
 
-    __slots__ = ("_impl", "attempt", "dedup_key", "id", "payload", "queue", "token")
+    __slots__ = (
+        "_impl",
+        "attempt",
+        "dedup_key",
+        "id",
+        "max_attempts",
+        "payload",
+        "queue",
+        "token",
+    )
 
     def __init__(
         self,
@@ -321,6 +332,7 @@ class ClaimedJob(_Resolvable):
         token: int,
         impl: ClaimImpl,
         dedup_key: str | None = None,
+        max_attempts: int | None = None,
     ) -> None:
         super().__init__()
         self.queue = queue
@@ -329,6 +341,7 @@ class ClaimedJob(_Resolvable):
         self.attempt = attempt
         self.token = token
         self.dedup_key = dedup_key
+        self.max_attempts = max_attempts
         self._impl = impl
 
     def __repr__(self) -> str:

@@ -25,6 +25,8 @@ __all__ = [
     "as_bytes",
     "check_duration",
     "check_headers",
+    "dedup_record",
+    "parse_dedup_record",
 ]
 
 Headers: TypeAlias = dict[str, str]
@@ -154,3 +156,20 @@ class QueueStats:
     claimed: int
     dead: int
     extra: dict[str, int] = field(default_factory=dict)
+
+
+DEDUP_DONE: Final = b" done"
+
+
+def dedup_record(job_id: JobId, *, done: bool = False) -> bytes:
+    """The value of a job's record in the KV bucket ``dedup.<queue>``: the job
+    id, followed by `` done`` once a worker finished the job (job ids contain
+    no space)."""
+    return job_id.encode() + (DEDUP_DONE if done else b"")
+
+
+def parse_dedup_record(value: bytes) -> tuple[JobId, bool]:
+    """``(job_id, done)`` from a record written by :func:`dedup_record`."""
+    done = value.endswith(DEDUP_DONE)
+    raw = value[: -len(DEDUP_DONE)] if done else value
+    return raw.decode(), done
