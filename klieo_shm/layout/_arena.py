@@ -1,0 +1,159 @@
+"""A client's tx arena: payloads in, written only by its client.
+
+The broker creates the segment (mode 0600), writes the header and gives its
+name to one client in ``Welcome``; that client maps it read-write and is its
+only writer. The broker maps it read-only and copies published payloads out
+into its own store; it never keeps a reference into the arena past the
+``PubAck`` of the batch, so the client may reuse the bytes once acked.
+
+Byte map::
+
+    offset  size  field
+    0       64    common header (``_header``): magic b"KLIEOARN", version 1,
+                  data_size; word 3 = owner client id, word 4 = owner pid,
+                  word 5 = owner start time in microseconds since the epoch
+    64      n     data area: a ring of batch regions
+
+Each batch region in the data area::
+
+    offset  size  field
+    0       16    slot header ``SLOT``: owner client id u32, region_len u32,
+                  batch_no u64
+    16      m     the batch's messages: for each, msgpack headers then payload
+
+A region is contiguous (never wraps); ``region_off`` in a publish frame is the
+offset of the slot header within the data area. The owner tag lets the broker
+refuse a frame that points at bytes its client did not write, and lets anyone
+reclaim a dead client's slots (the broker drops the whole arena when the
+client's socket closes).
+
+Allocation is the client's private business: ``RingAllocator`` hands out
+regions in FIFO order and frees them in the same order, which is the order
+the broker acks batches in.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from typing import Final
+
+from ._header import HEADER_SIZE, check_header, read_word, write_header, write_word
+
+__all__ = [
+    "ARENA_MAGIC",
+    "ARENA_VERSION",
+    "SLOT",
+    "RingAllocator",
+    "check_slot",
+    "init_arena",
+    "open_arena",
+    "write_slot",
+]
+
+ARENA_MAGIC: Final = b"KLIEOARN"
+ARENA_VERSION: Final = 1
+SLOT: Final = struct.Struct("<IIQ")
+"""owner client id u32, region_len u32, batch_no u64."""
+ALIGN: Final = 64
+
+_W_OWNER: Final = 3
+_W_PID: Final = 4
+_W_START: Final = 5
+
+
+def init_arena(buf: memoryview, client_id: int, pid: int, start_us: int) -> int:
+    """Broker side: initialise a new arena for ``client_id``; return its data size."""
+    data_size = len(buf) - HEADER_SIZE
+    write_header(buf, ARENA_MAGIC, ARENA_VERSION, data_size)
+    write_word(buf, _W_OWNER, client_id)
+    write_word(buf, _W_PID, pid)
+    write_word(buf, _W_START, start_us)
+    return data_size
+
+
+def open_arena(buf: memoryview, client_id: int) -> memoryview:
+    """Client side: check the header and ownership; return the data area."""
+    data_size = check_header(buf, ARENA_MAGIC, ARENA_VERSION)
+    owner = read_word(buf, _W_OWNER)
+    if owner != client_id:
+        raise ValueError(f"arena belongs to client {owner}, not {client_id}")
+    return buf[HEADER_SIZE : HEADER_SIZE + data_size]
+
+
+def write_slot(
+    data: memoryview, region_off: int, client_id: int, region_len: int, batch_no: int
+) -> None:
+    """Client side: tag the region at ``region_off`` (slot header included in
+    ``region_len``) as this client's batch ``batch_no``."""
+    # SYNC POINT: slot header and payloads written before the publish frame is
+    # sent; the socket send/recv pair orders them for the broker's check_slot.
+    SLOT.pack_into(data, region_off, client_id, region_len, batch_no)
+
+
+def check_slot(
+    data: memoryview, region_off: int, region_len: int, client_id: int, batch_no: int
+) -> str | None:
+    """Broker side: why the region named by a publish frame is not valid for
+    this client, or ``None`` when it is (bounds, owner tag, length, batch)."""
+    # SYNC POINT: observes the slot written by write_slot (after the frame arrived).
+    if region_len < SLOT.size or region_off < 0 or region_off + region_len > len(data):
+        return (
+            f"region [{region_off}, {region_off + region_len}) is outside the arena "
+            f"of {len(data)} bytes"
+        )
+    owner, length, batch = SLOT.unpack_from(data, region_off)
+    if owner != client_id or length != region_len or batch != batch_no:
+        return f"region at {region_off} is not tagged as batch {batch_no} of client {client_id}"
+    return None
+
+
+class RingAllocator:
+    """FIFO allocation of contiguous regions in a ring of ``capacity`` bytes.
+
+    ``alloc(n)`` returns the offset of ``n`` contiguous bytes (rounded up to
+    ``ALIGN``) or ``None`` when they do not fit now; ``free_oldest()`` frees
+    the oldest live region. Regions never wrap: when the tail end is too small
+    the allocator skips it (the skipped bytes come back with the region that
+    follows them). Positions are kept as ever-growing virtual offsets.
+    """
+
+    __slots__ = ("_live", "capacity", "head", "tail")
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < ALIGN:
+            raise ValueError(f"ring capacity {capacity} is below {ALIGN}")
+        self.capacity = capacity
+        self.head = 0  # virtual offset of the next allocation
+        self.tail = 0  # virtual offset of the oldest live byte
+        self._live: deque[tuple[int, int]] = deque()  # (virtual start, virtual end)
+
+    @property
+    def used(self) -> int:
+        """Bytes between tail and head, skipped ends included."""
+        return self.head - self.tail
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def alloc(self, n: int) -> int | None:
+        size = max(ALIGN, -(-n // ALIGN) * ALIGN)
+        if size > self.capacity:
+            return None
+        start = self.head
+        phys = start % self.capacity
+        if phys + size > self.capacity:  # would wrap: skip to the ring's start
+            start += self.capacity - phys
+            phys = 0
+        end = start + size
+        if end - self.tail > self.capacity:
+            return None
+        self._live.append((start, end))
+        self.head = end
+        return phys
+
+    def free_oldest(self) -> None:
+        _start, end = self._live.popleft()
+        self.tail = self._live[0][0] if self._live else end
+        if not self._live:  # empty: restart at the ring's start
+            self.head = self.tail = 0

@@ -1,0 +1,307 @@
+"""The per-connection protocol state machine (sans-IO, h11 style).
+
+Rule 1, as in h11: everything that affects the state machine lives in this
+file, and the transitions are the tables below. A ``Connection`` owns no I/O:
+
+* ``receive_data(data)`` feeds bytes read from the socket (``b""`` = EOF);
+* ``next_event()`` returns the next complete event, ``NEED_DATA`` when more
+  bytes are needed, or ``CLOSED`` after EOF or a fatal ``Error``;
+* ``send(event)`` returns the bytes to write for ``event``.
+
+Errors: ``send`` raises ``LocalProtocolError`` when *this* side breaks the
+rules; ``next_event`` raises ``RemoteProtocolError`` when the *peer* does (and
+``VersionMismatch``, a kind of it, when the versions differ). After a remote
+error the connection is in state ``ERROR``: it may still ``send`` one
+``Error`` event to tell the peer why, and nothing else.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Final, Literal, TypeAlias
+
+import msgpack
+
+from ._errors import LocalProtocolError, RemoteProtocolError, VersionMismatch
+from ._events import (
+    CONTROL_OPS,
+    OP_OF,
+    AckBatch,
+    Call,
+    DeliverBatch,
+    Error,
+    Event,
+    Hello,
+    Incoming,
+    PubAck,
+    PublishBatch,
+    Respond,
+    Result,
+    StreamEnd,
+    Welcome,
+)
+from ._frames import (
+    ACK_DESC,
+    ACK_HEAD,
+    ACK_KINDS,
+    DELIVER_DESC,
+    DELIVER_HEAD,
+    KIND_ACK,
+    KIND_CONTROL,
+    KIND_DELIVER,
+    KIND_PUBACK,
+    KIND_PUBLISH,
+    MAX_BATCH,
+    MIN_MAX_FRAME,
+    PUB_DESC,
+    PUB_HEAD,
+    PUBACK,
+    encode_frame,
+    iter_descriptors,
+    split_frames,
+)
+
+__all__ = [
+    "CLOSED",
+    "NEED_DATA",
+    "PROTOCOL_VERSION",
+    "Connection",
+    "Role",
+    "State",
+]
+
+PROTOCOL_VERSION: Final = 1
+DEFAULT_MAX_FRAME: Final = 1 << 20
+"""Frame body limit until the handshake sets the connection's own."""
+
+Role = Literal["client", "server"]
+State = Literal["START", "HELLO_SENT", "HELLO_RECEIVED", "READY", "CLOSED", "ERROR"]
+
+
+class _Sentinel:
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+NEED_DATA: Final = _Sentinel("NEED_DATA")
+CLOSED: Final = _Sentinel("CLOSED")
+NextEvent: TypeAlias = Event | _Sentinel
+
+# --- transitions -------------------------------------------------------------
+# (role, state, direction, event type) -> next state. Anything missing is
+# illegal: a LocalProtocolError on send, a RemoteProtocolError on receive.
+_HANDSHAKE: Final[dict[tuple[Role, State, str, type[Any]], State]] = {
+    ("client", "START", "send", Hello): "HELLO_SENT",
+    ("client", "HELLO_SENT", "recv", Welcome): "READY",
+    ("server", "START", "recv", Hello): "HELLO_RECEIVED",
+    ("server", "HELLO_RECEIVED", "send", Welcome): "READY",
+}
+# Events each role may send once READY (the peer receives the same set).
+_READY_SENDS: Final[dict[Role, frozenset[type[Any]]]] = {
+    "client": frozenset({Call, Respond, PublishBatch, AckBatch}),
+    "server": frozenset({Result, Incoming, StreamEnd, PubAck, DeliverBatch}),
+}
+# An Error may be sent or received in every live state and ends the connection.
+_ERROR_FROM: Final[frozenset[State]] = frozenset(
+    {"START", "HELLO_SENT", "HELLO_RECEIVED", "READY", "ERROR"}
+)
+
+
+def _next_state(role: Role, state: State, direction: str, etype: type[Any]) -> State | None:
+    if etype is Error:
+        return "CLOSED" if state in _ERROR_FROM else None
+    if state == "READY":
+        sender: Role = role if direction == "send" else ("server" if role == "client" else "client")
+        return "READY" if etype in _READY_SENDS[sender] else None
+    return _HANDSHAKE.get((role, state, direction, etype))
+
+
+class Connection:
+    """One side of one control connection.
+
+    ``max_frame`` bounds frame bodies both ways; the server announces its
+    value in ``Welcome`` and the client adopts it.
+    """
+
+    __slots__ = ("_buf", "_eof", "_pending", "max_frame", "our_role", "state")
+
+    def __init__(self, our_role: Role, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        if max_frame < MIN_MAX_FRAME:
+            raise LocalProtocolError(f"max_frame {max_frame} is below {MIN_MAX_FRAME}")
+        self.our_role: Role = our_role
+        self.state: State = "START"
+        self.max_frame = max_frame
+        self._buf = bytearray()
+        self._pending: list[tuple[int, bytes]] = []
+        self._eof = False
+
+    # --- receiving -----------------------------------------------------------
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the peer; ``b""`` means the peer closed."""
+        if data:
+            if self._eof:
+                raise LocalProtocolError("data received after EOF")
+            self._buf += data
+        else:
+            self._eof = True
+
+    def next_event(self) -> NextEvent:
+        """The next event from the peer, ``NEED_DATA`` or ``CLOSED``."""
+        if self.state in ("CLOSED", "ERROR"):
+            return CLOSED
+        if not self._pending:
+            try:
+                frames = split_frames(self._buf, self.max_frame)
+            except RemoteProtocolError:
+                self.state = "ERROR"
+                raise
+            self._pending = frames[::-1]
+        if not self._pending:
+            if self._eof:
+                if self._buf:
+                    self.state = "ERROR"
+                    raise RemoteProtocolError(
+                        f"connection closed inside a frame ({len(self._buf)} bytes pending)"
+                    )
+                self.state = "CLOSED"
+                return CLOSED
+            return NEED_DATA
+        kind, body = self._pending.pop()
+        try:
+            event = _decode(kind, body)
+            new = _next_state(self.our_role, self.state, "recv", type(event))
+            if new is None:
+                raise RemoteProtocolError(f"peer sent {type(event).__name__} in state {self.state}")
+            if isinstance(event, Hello | Welcome) and event.version != PROTOCOL_VERSION:
+                raise VersionMismatch(PROTOCOL_VERSION, event.version)
+        except RemoteProtocolError:
+            self.state = "ERROR"
+            raise
+        if isinstance(event, Welcome):
+            self.max_frame = max(MIN_MAX_FRAME, event.max_frame)
+        self.state = new
+        return event
+
+    def events(self) -> list[Event]:
+        """Every event available now (stops at ``NEED_DATA``/``CLOSED``)."""
+        out: list[Event] = []
+        while True:
+            ev = self.next_event()
+            if isinstance(ev, _Sentinel):
+                return out
+            out.append(ev)
+
+    # --- sending -------------------------------------------------------------
+    def send(self, event: Event) -> bytes:
+        """The bytes that carry ``event``; moves the state machine."""
+        new = _next_state(self.our_role, self.state, "send", type(event))
+        if new is None:
+            raise LocalProtocolError(f"cannot send {type(event).__name__} in state {self.state}")
+        data = _encode(event, self.max_frame)
+        if isinstance(event, Welcome):
+            self.max_frame = max(MIN_MAX_FRAME, event.max_frame)
+        self.state = new
+        return data
+
+
+# --- codec -------------------------------------------------------------------
+def _encode(event: Event, max_frame: int) -> bytes:
+    if isinstance(event, PublishBatch):
+        _check_batch(len(event.descs))
+        body = b"".join(
+            [
+                PUB_HEAD.pack(event.batch_no, event.region_off, event.region_len, len(event.descs)),
+                *[PUB_DESC.pack(*d) for d in event.descs],
+                event.subjects,
+            ]
+        )
+        return encode_frame(KIND_PUBLISH, body, max_frame)
+    if isinstance(event, DeliverBatch):
+        _check_batch(len(event.descs))
+        n = len(event.descs)
+        flat = [x for d in event.descs for x in d]
+        body = b"".join(
+            [
+                DELIVER_HEAD.pack(event.sub_id, n),
+                struct.pack("<" + DELIVER_DESC.format[1:] * n, *flat),
+                event.subjects,
+            ]
+        )
+        return encode_frame(KIND_DELIVER, body, max_frame)
+    if isinstance(event, AckBatch):
+        _check_batch(len(event.ranges))
+        body = ACK_HEAD.pack(len(event.ranges)) + b"".join(ACK_DESC.pack(*r) for r in event.ranges)
+        return encode_frame(KIND_ACK, body, max_frame)
+    if isinstance(event, PubAck):
+        body = PUBACK.pack(event.batch_no, event.first_seq, event.count, event.status)
+        return encode_frame(KIND_PUBACK, body, max_frame)
+    op = OP_OF[type(event)]
+    _, schema = CONTROL_OPS[op]
+    try:
+        body = msgpack.packb([op, *[getattr(event, name) for name, _ in schema]], use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise LocalProtocolError(f"cannot encode {type(event).__name__}: {exc}") from exc
+    return encode_frame(KIND_CONTROL, body, max_frame)
+
+
+def _check_batch(n: int) -> None:
+    if n > MAX_BATCH:
+        raise LocalProtocolError(f"batch of {n} entries is over the limit {MAX_BATCH}")
+
+
+def _decode(kind: int, body: bytes) -> Event:
+    if kind == KIND_PUBLISH:
+        (batch_no, region_off, region_len, _), descs, subjects = iter_descriptors(
+            body, PUB_HEAD, PUB_DESC, 3, "publish"
+        )
+        return PublishBatch(batch_no, region_off, region_len, descs, subjects)
+    if kind == KIND_DELIVER:
+        (sub_id, _), descs, subjects = iter_descriptors(
+            body, DELIVER_HEAD, DELIVER_DESC, 1, "deliver"
+        )
+        return DeliverBatch(sub_id, descs, subjects)
+    if kind == KIND_ACK:
+        _, ranges, rest = iter_descriptors(body, ACK_HEAD, ACK_DESC, 0, "ack")
+        if rest:
+            raise RemoteProtocolError(f"ack frame has {len(rest)} trailing bytes")
+        for r in ranges:
+            if r[2] not in ACK_KINDS:
+                raise RemoteProtocolError(f"unknown ack kind {r[2]}")
+        return AckBatch(ranges)
+    if kind == KIND_PUBACK:
+        if len(body) != PUBACK.size:
+            raise RemoteProtocolError(f"puback frame of {len(body)} bytes, expected {PUBACK.size}")
+        return PubAck(*PUBACK.unpack(body))
+    return _decode_control(body)
+
+
+def _decode_control(body: bytes) -> Event:
+    try:
+        msg = msgpack.unpackb(body, use_list=True, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises many types for garbage
+        raise RemoteProtocolError(f"control frame is not valid msgpack: {exc}") from None
+    if not isinstance(msg, list) or not msg or not isinstance(msg[0], str):
+        raise RemoteProtocolError("control frame must be a msgpack array starting with an op")
+    op = msg[0]
+    entry = CONTROL_OPS.get(op)
+    if entry is None:
+        raise RemoteProtocolError(f"unknown op {op!r}")
+    cls, schema = entry
+    values = msg[1:]
+    if len(values) != len(schema):
+        raise RemoteProtocolError(
+            f"op {op!r} takes {len(schema)} fields, the peer sent {len(values)}"
+        )
+    for (name, typ), value in zip(schema, values, strict=True):
+        if typ is not object and (not isinstance(value, typ) or isinstance(value, bool)):
+            raise RemoteProtocolError(
+                f"op {op!r} field {name!r} must be {getattr(typ, '__name__', typ)}, "
+                f"got {type(value).__name__}"
+            )
+    event: Event = cls(*values)
+    return event

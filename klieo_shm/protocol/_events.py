@@ -1,0 +1,229 @@
+"""The events of the control protocol: frozen, slotted values.
+
+Control events travel as a msgpack array ``[op, field1, field2, ...]`` in a
+``KIND_CONTROL`` frame; ``_CONTROL_SCHEMA`` lists each op's fields and their
+types, and is the only place the wire order of fields is written down. The
+hot-path events (``PublishBatch``, ``PubAck``, ``DeliverBatch``, ``AckBatch``)
+use the fixed layouts of ``_frames``.
+
+Who sends what (checked by ``_connection``):
+
+=============  ======  =====================================================
+event          sender  meaning
+=============  ======  =====================================================
+Hello          client  first frame: protocol version, pid, a display name
+Welcome        server  handshake accepted: segment names and limits
+Call           client  a numbered call (subscribe, serve, request, ...)
+Result         server  the answer to ``Call`` ``call_id``: value or error
+Incoming       server  a request for a service this client serves
+Respond        client  the reply (or handler error) to an ``Incoming``
+StreamEnd      server  a subscription ended by the broker (durable deleted)
+Error          either  fatal: the sender closes the connection after it
+PublishBatch   client  messages whose payloads lie in the client's tx arena
+PubAck         server  verdict on one PublishBatch, in batch order
+DeliverBatch   server  deliveries whose payloads lie in the broker's store
+AckBatch       client  ranges of delivery ids acked, nak'ed, termed, touched
+=============  ======  =====================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeAlias
+
+__all__ = [
+    "CONTROL_OPS",
+    "AckBatch",
+    "Call",
+    "DeliverBatch",
+    "Error",
+    "Event",
+    "Hello",
+    "Incoming",
+    "PubAck",
+    "PublishBatch",
+    "Respond",
+    "Result",
+    "StreamEnd",
+    "Welcome",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Client -> server, first frame. ``pid`` is informational: the broker
+    trusts only SO_PEERCRED."""
+
+    version: int
+    pid: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """Server -> client: the handshake succeeded.
+
+    ``arena_name``/``arena_size``: the client's own tx arena (map read-write).
+    ``store_name``/``store_size``: the broker's payload store (map read-only).
+    ``max_payload``: largest payload accepted; ``max_frame``: largest frame
+    body either side may send on this connection.
+    """
+
+    version: int
+    client_id: int
+    arena_name: str
+    arena_size: int
+    store_name: str
+    store_size: int
+    max_payload: int
+    max_frame: int
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Client -> server: call ``method`` with ``args``; answered by one
+    ``Result`` with the same ``call_id``."""
+
+    call_id: int
+    method: str
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """Server -> client: the outcome of a ``Call``. ``error_type`` is empty on
+    success; otherwise it names a klieo_shm error class and ``error_args``
+    holds its constructor arguments."""
+
+    call_id: int
+    value: Any
+    error_type: str = ""
+    error_args: list[Any] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """Server -> client: a request for service ``svc_id`` to answer with
+    ``Respond(req_id, ...)``."""
+
+    req_id: int
+    svc_id: int
+    subject: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Respond:
+    """Client -> server: the reply to ``Incoming`` ``req_id``. A non-empty
+    ``error_type`` means the handler raised; ``payload`` is then its message."""
+
+    req_id: int
+    payload: bytes
+    error_type: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """Server -> client: subscription ``sub_id`` ended for ``reason``."""
+
+    sub_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """Either way: a fatal error; the sender closes after sending it."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PublishBatch:
+    """Client -> server. ``descs`` are ``(rel_off, hdr_len, pay_len,
+    subj_len)`` tuples; ``subjects`` their subjects concatenated."""
+
+    batch_no: int
+    region_off: int
+    region_len: int
+    descs: list[tuple[int, ...]]
+    subjects: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PubAck:
+    """Server -> client: batch ``batch_no`` got sequences ``first_seq ..
+    first_seq + count - 1`` (``status`` PUBACK_OK) or was refused."""
+
+    batch_no: int
+    first_seq: int
+    count: int
+    status: int
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class DeliverBatch:
+    """Server -> client. ``descs`` are ``(delivery_id, seq, store_off,
+    hdr_len, pay_len, delivery_count, subj_len)`` tuples."""
+
+    sub_id: int
+    descs: list[tuple[int, ...]]
+    subjects: bytes
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class AckBatch:
+    """Client -> server. ``ranges`` are ``(first_delivery_id, n, kind,
+    delay_ms)`` tuples."""
+
+    ranges: list[tuple[int, ...]]
+
+
+Event: TypeAlias = (
+    Hello
+    | Welcome
+    | Call
+    | Result
+    | Incoming
+    | Respond
+    | StreamEnd
+    | Error
+    | PublishBatch
+    | PubAck
+    | DeliverBatch
+    | AckBatch
+)
+
+ControlEvent: TypeAlias = Hello | Welcome | Call | Result | Incoming | Respond | StreamEnd | Error
+
+CONTROL_OPS: Final[dict[str, tuple[type[Any], tuple[tuple[str, type | tuple[type, ...]], ...]]]] = {
+    "hello": (Hello, (("version", int), ("pid", int), ("name", str))),
+    "welcome": (
+        Welcome,
+        (
+            ("version", int),
+            ("client_id", int),
+            ("arena_name", str),
+            ("arena_size", int),
+            ("store_name", str),
+            ("store_size", int),
+            ("max_payload", int),
+            ("max_frame", int),
+        ),
+    ),
+    "call": (Call, (("call_id", int), ("method", str), ("args", dict))),
+    "result": (
+        Result,
+        (("call_id", int), ("value", object), ("error_type", str), ("error_args", list)),
+    ),
+    "incoming": (
+        Incoming,
+        (("req_id", int), ("svc_id", int), ("subject", str), ("payload", bytes)),
+    ),
+    "respond": (Respond, (("req_id", int), ("payload", bytes), ("error_type", str))),
+    "end": (StreamEnd, (("sub_id", int), ("reason", str))),
+    "error": (Error, (("code", str), ("message", str))),
+}
+"""op -> (event class, ((field, accepted type(s)), ...)) in wire order."""
+
+OP_OF: Final[dict[type[Any], str]] = {cls: op for op, (cls, _) in CONTROL_OPS.items()}

@@ -1,0 +1,169 @@
+"""Wire framing for the klieo-shmd control protocol: pure functions over bytes.
+
+Every frame on the Unix stream socket is::
+
+    offset  size  field
+    0       4     body_len  u32 little-endian, bytes after this 5-byte header
+    4       1     kind      u8, one of the KIND_* constants below
+    5       n     body      n == body_len, at most the connection's max_frame
+
+Bodies by kind:
+
+* ``KIND_CONTROL`` -- a msgpack map with an ``"op"`` string (see ``_events``).
+* ``KIND_PUBLISH`` -- a publish batch: ``PUB_HEAD`` then ``count`` x
+  ``PUB_DESC`` then the subjects blob (UTF-8, concatenated, no separators).
+  Payload bytes are not in the frame: they lie in the client's tx arena in
+  the region ``[region_off, region_off + region_len)``; each descriptor's
+  ``rel_off`` is relative to ``region_off`` and points at ``hdr_len`` bytes
+  of msgpack headers followed by ``pay_len`` payload bytes.
+* ``KIND_PUBACK`` -- ``PUBACK`` : the broker's verdict on one publish batch.
+* ``KIND_DELIVER`` -- ``DELIVER_HEAD`` then ``count`` x ``DELIVER_DESC`` then
+  the subjects blob. ``store_off`` points into the broker's payload store at
+  ``hdr_len`` header bytes followed by ``pay_len`` payload bytes.
+* ``KIND_ACK`` -- ``ACK_HEAD`` then ``count`` x ``ACK_DESC``: ranges of
+  delivery ids ``[first, first + n)`` resolved the same way.
+
+Fixed layouts (all little-endian, no padding) keep the hot paths free of
+per-message msgpack: the broker unpacks descriptor arrays with
+``struct.iter_unpack`` and packs them with one ``struct.pack`` per batch.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final, Literal
+
+from ._errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "ACK_DESC",
+    "ACK_HEAD",
+    "ACK_KIND_ACK",
+    "ACK_KIND_NAK",
+    "ACK_KIND_PROGRESS",
+    "ACK_KIND_TERM",
+    "DELIVER_DESC",
+    "DELIVER_HEAD",
+    "FRAME_HEAD",
+    "KIND_ACK",
+    "KIND_CONTROL",
+    "KIND_DELIVER",
+    "KIND_PUBACK",
+    "KIND_PUBLISH",
+    "MAX_BATCH",
+    "MIN_MAX_FRAME",
+    "PUBACK",
+    "PUBACK_FULL",
+    "PUBACK_OK",
+    "PUB_DESC",
+    "PUB_HEAD",
+    "FrameKind",
+    "encode_frame",
+    "iter_descriptors",
+    "split_frames",
+]
+
+FRAME_HEAD: Final = struct.Struct("<IB")
+"""body_len u32, kind u8."""
+
+KIND_CONTROL: Final = 1
+KIND_PUBLISH: Final = 2
+KIND_PUBACK: Final = 3
+KIND_DELIVER: Final = 4
+KIND_ACK: Final = 5
+FrameKind = Literal[1, 2, 3, 4, 5]
+_KINDS: Final = frozenset((KIND_CONTROL, KIND_PUBLISH, KIND_PUBACK, KIND_DELIVER, KIND_ACK))
+
+MIN_MAX_FRAME: Final = 64 * 1024
+"""No connection may set its frame limit below this."""
+
+MAX_BATCH: Final = 4096
+"""Most descriptors one publish, delivery or ack frame may carry."""
+
+PUB_HEAD: Final = struct.Struct("<QQQI")
+"""batch_no u64, region_off u64, region_len u64, count u32."""
+PUB_DESC: Final = struct.Struct("<IIIH")
+"""rel_off u32, hdr_len u32, pay_len u32, subj_len u16."""
+
+PUBACK: Final = struct.Struct("<QQIB")
+"""batch_no u64, first_seq u64, count u32, status u8 (PUBACK_*)."""
+PUBACK_OK: Final = 0
+PUBACK_FULL: Final = 1
+
+DELIVER_HEAD: Final = struct.Struct("<II")
+"""sub_id u32, count u32."""
+DELIVER_DESC: Final = struct.Struct("<QQQIIIH")
+"""delivery_id u64, seq u64, store_off u64, hdr_len u32, pay_len u32,
+delivery_count u32, subj_len u16."""
+
+ACK_HEAD: Final = struct.Struct("<I")
+"""count u32."""
+ACK_DESC: Final = struct.Struct("<QIBI")
+"""first_delivery_id u64, n u32, kind u8 (ACK_KIND_*), delay_ms u32."""
+ACK_KIND_ACK: Final = 0
+ACK_KIND_NAK: Final = 1
+ACK_KIND_TERM: Final = 2
+ACK_KIND_PROGRESS: Final = 3
+ACK_KINDS: Final = frozenset((ACK_KIND_ACK, ACK_KIND_NAK, ACK_KIND_TERM, ACK_KIND_PROGRESS))
+
+
+def encode_frame(kind: int, body: bytes | bytearray | memoryview, max_frame: int) -> bytes:
+    """One frame as bytes. Raises ``LocalProtocolError`` when ``body`` is over
+    ``max_frame`` or ``kind`` is unknown: we never send what the peer must refuse."""
+    if kind not in _KINDS:
+        raise LocalProtocolError(f"unknown frame kind {kind}")
+    if len(body) > max_frame:
+        raise LocalProtocolError(f"frame body of {len(body)} bytes is over the limit {max_frame}")
+    return FRAME_HEAD.pack(len(body), kind) + bytes(body)
+
+
+def split_frames(buf: bytearray, max_frame: int) -> list[tuple[int, bytes]]:
+    """Remove every complete frame from the front of ``buf`` and return them as
+    ``(kind, body)``; an incomplete tail stays in ``buf``.
+
+    Raises ``RemoteProtocolError`` for an unknown kind or a declared length
+    over ``max_frame`` -- as soon as the header is seen, before the body arrives.
+    """
+    out: list[tuple[int, bytes]] = []
+    pos = 0
+    end = len(buf)
+    head = FRAME_HEAD.size
+    while end - pos >= head:
+        body_len, kind = FRAME_HEAD.unpack_from(buf, pos)
+        if kind not in _KINDS:
+            del buf[:pos]
+            raise RemoteProtocolError(f"unknown frame kind {kind}")
+        if body_len > max_frame:
+            del buf[:pos]
+            raise RemoteProtocolError(
+                f"frame of {body_len} bytes is over the limit of {max_frame} bytes"
+            )
+        if end - pos - head < body_len:
+            break
+        start = pos + head
+        out.append((kind, bytes(buf[start : start + body_len])))
+        pos = start + body_len
+    if pos:
+        del buf[:pos]
+    return out
+
+
+def iter_descriptors(
+    body: bytes, head: struct.Struct, desc: struct.Struct, count_index: int, what: str
+) -> tuple[tuple[int, ...], list[tuple[int, ...]], bytes]:
+    """Split a batch body into (head fields, descriptor tuples, trailing blob).
+
+    Checks the count against ``MAX_BATCH`` and that the descriptors fit the
+    body; raises ``RemoteProtocolError`` naming ``what`` otherwise.
+    """
+    if len(body) < head.size:
+        raise RemoteProtocolError(f"truncated {what} frame: {len(body)} bytes")
+    fields = head.unpack_from(body, 0)
+    count = fields[count_index]
+    if count > MAX_BATCH:
+        raise RemoteProtocolError(f"{what} frame carries {count} entries, limit {MAX_BATCH}")
+    desc_end = head.size + count * desc.size
+    if len(body) < desc_end:
+        raise RemoteProtocolError(f"truncated {what} frame: {count} entries do not fit")
+    descs = list(desc.iter_unpack(memoryview(body)[head.size : desc_end]))
+    return fields, descs, body[desc_end:]

@@ -1,0 +1,57 @@
+"""Segment headers: magic, version, ownership, slot tags."""
+
+from __future__ import annotations
+
+import pytest
+
+from klieo_shm.layout import (
+    HEADER_SIZE,
+    SLOT,
+    LayoutError,
+    check_slot,
+    init_arena,
+    init_store,
+    open_arena,
+    open_store,
+    read_word,
+    write_slot,
+)
+from klieo_shm.layout._header import write_word
+
+
+def test_arena_header_round_trips_and_names_its_owner() -> None:
+    buf = memoryview(bytearray(HEADER_SIZE + 4096))
+    assert init_arena(buf, client_id=7, pid=123, start_us=99) == 4096
+    data = open_arena(buf, 7)
+    assert len(data) == 4096
+    with pytest.raises(ValueError, match="belongs to client 7"):
+        open_arena(buf, 8)
+
+
+def test_store_rejects_wrong_magic_and_version() -> None:
+    buf = memoryview(bytearray(HEADER_SIZE + 5000))
+    data = init_store(buf, broker_pid=1)
+    assert len(data) == 4096  # largest power of two that fits
+    assert len(open_store(buf)) == 4096
+    with pytest.raises(LayoutError, match="magic"):
+        open_arena(buf, 0)
+    buf[8] = 9
+    with pytest.raises(LayoutError, match="version 9"):
+        open_store(buf)
+
+
+def test_counters_use_single_aligned_stores() -> None:
+    buf = memoryview(bytearray(HEADER_SIZE))
+    write_word(buf, 5, 2**64 - 1)
+    assert read_word(buf, 5) == 2**64 - 1
+
+
+def test_slot_check_refuses_foreign_or_out_of_bounds_regions() -> None:
+    data = memoryview(bytearray(4096))
+    write_slot(data, 128, client_id=3, region_len=200, batch_no=11)
+    assert check_slot(data, 128, 200, 3, 11) is None
+    assert "not tagged" in (check_slot(data, 128, 200, 4, 11) or "")
+    assert "not tagged" in (check_slot(data, 128, 200, 3, 12) or "")
+    assert "not tagged" in (check_slot(data, 0, 200, 3, 11) or "")
+    assert "outside" in (check_slot(data, 4000, 200, 3, 11) or "")
+    assert "outside" in (check_slot(data, 0, SLOT.size - 1, 3, 11) or "")

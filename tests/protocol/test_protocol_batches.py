@@ -1,0 +1,76 @@
+"""Hot-path batches round-trip through both sides; framing survives any split."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+from protocol_helpers import Link
+
+from klieo_shm.protocol import (
+    ACK_KIND_ACK,
+    ACK_KIND_NAK,
+    PUBACK_OK,
+    AckBatch,
+    Call,
+    Connection,
+    DeliverBatch,
+    PubAck,
+    PublishBatch,
+    Respond,
+)
+
+
+def test_publish_batch_round_trips(ready: Link) -> None:
+    pub = PublishBatch(7, 4096, 300, [(0, 0, 100, 3), (100, 4, 196, 5)], b"a.bc.d.e")
+    [got] = ready.c2s(pub)
+    assert isinstance(got, PublishBatch)
+    assert (got.batch_no, got.region_off, got.region_len) == (7, 4096, 300)
+    assert got.descs == pub.descs
+    assert got.subjects == pub.subjects
+
+
+def test_puback_deliver_and_ack_round_trip(ready: Link) -> None:
+    assert ready.s2c(PubAck(7, 100, 2, PUBACK_OK)) == [PubAck(7, 100, 2, PUBACK_OK)]
+    deliver = DeliverBatch(3, [(1, 100, 64, 0, 10, 1, 3), (2, 101, 74, 0, 10, 2, 3)], b"a.ba.b")
+    [got] = ready.s2c(deliver)
+    assert isinstance(got, DeliverBatch)
+    assert (got.sub_id, got.descs, got.subjects) == (3, deliver.descs, deliver.subjects)
+    ack = AckBatch([(1, 2, ACK_KIND_ACK, 0), (9, 1, ACK_KIND_NAK, 250)])
+    [got_ack] = ready.c2s(ack)
+    assert isinstance(got_ack, AckBatch)
+    assert got_ack.ranges == ack.ranges
+
+
+@given(
+    payloads=st.lists(st.binary(max_size=300), min_size=1, max_size=20),
+    cuts=st.lists(st.integers(min_value=1, max_value=50), max_size=30),
+)
+def test_any_split_of_the_byte_stream_gives_the_same_events(
+    payloads: list[bytes], cuts: list[int]
+) -> None:
+    link = Link()
+    link.handshake()
+    events = [Respond(i, p) for i, p in enumerate(payloads)]
+    events.append(Call(99, "ping", {"k": [1, 2]}))
+    data = b"".join(link.client.send(e) for e in events)
+    got = []
+    pos = 0
+    for cut in [*cuts, len(data)]:
+        link.server.receive_data(data[pos : pos + cut])
+        pos += cut
+        got.extend(link.server.events())
+        if pos >= len(data):
+            break
+    if pos < len(data):
+        link.server.receive_data(data[pos:])
+        got.extend(link.server.events())
+    assert got == events
+
+
+def test_connection_refuses_tiny_frame_limit() -> None:
+    import pytest
+
+    from klieo_shm.protocol import LocalProtocolError
+
+    with pytest.raises(LocalProtocolError):
+        Connection("client", 10)
