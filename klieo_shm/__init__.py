@@ -13,6 +13,7 @@ from ._bus import ENV_URL as ENV_URL
 from ._bus import Bus as Bus
 from ._bus import connect as connect
 from ._bus import default_socket_path as default_socket_path
+from ._bus import resolve_url as resolve_url
 from ._errors import AlreadyAcknowledged as AlreadyAcknowledged
 from ._errors import BusError as BusError
 from ._errors import Closed as Closed

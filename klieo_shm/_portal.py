@@ -26,6 +26,7 @@ class Portal:
 
     def __init__(self, name: str = "klieo-sync") -> None:
         self.pid = os.getpid()
+        self._stopped = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -45,6 +46,11 @@ class Portal:
         """Whether this process made the portal (False in a forked child)."""
         return os.getpid() == self.pid
 
+    @property
+    def stopped(self) -> bool:
+        """Whether :meth:`stop` ended the loop (its bus was closed)."""
+        return self._stopped
+
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the portal's loop; block until it returns or raises.
 
@@ -59,6 +65,9 @@ class Portal:
         if threading.current_thread() is self._thread:
             coro.close()
             raise RuntimeError("a blocking klieo_shm call was made from its own event loop")
+        if self.stopped:
+            coro.close()
+            raise Closed("klieo_shm blocking handle", "its bus was closed")
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
             return future.result()
@@ -68,7 +77,8 @@ class Portal:
 
     def stop(self) -> None:
         """Stop the loop and join its thread. Idempotent; a no-op after fork."""
-        if not self.owned_here or not self._thread.is_alive():
+        if not self.owned_here or self._stopped:
             return
+        self._stopped = True
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()

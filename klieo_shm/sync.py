@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 
 from . import _bus
 from . import _handles as h
+from ._errors import Closed
 from ._portal import Portal
 from ._values import DeadLetter, Headers, Job, JobId, KvChange, KvEntry, QueueStats, Revision
 
@@ -48,11 +49,14 @@ class _Link:
     def __init__(self, url: str) -> None:
         self.url = url
         self._lock = threading.Lock()
+        self.closed = False
         self.portal = Portal()
         self.bus: _bus.Bus = self.portal.call(_bus.connect(url))
 
     def run(self, make: Callable[[_bus.Bus], Coroutine[Any, Any, T]]) -> T:
         with self._lock:
+            if self.closed:
+                raise Closed(self.url)
             if not self.portal.owned_here:
                 self.portal = Portal()
                 self.bus = self.portal.call(_bus.connect(self.url))
@@ -60,6 +64,8 @@ class _Link:
         return portal.call(make(bus))
 
     def close(self) -> None:
+        with self._lock:
+            self.closed = True
         if not self.portal.owned_here:
             return
         try:
@@ -119,12 +125,16 @@ class _Stream(_Handle[A], Generic[A, T]):
         return item
 
     def next(self, timeout: float | None = None) -> T | None:
-        """The next item, ``None`` once closed; ``Timeout`` after ``timeout``."""
+        """The next item, ``None`` once closed (also once its bus is closed);
+        ``Timeout`` after ``timeout``."""
+        if self._portal.stopped:
+            return None
         item = self._portal.call(self._inner.next(timeout))  # type: ignore[attr-defined]
         return None if item is None else self._wrap(item)
 
     def close(self) -> None:
-        self._portal.call(self._inner.close())  # type: ignore[attr-defined]
+        if not self._portal.stopped:
+            self._portal.call(self._inner.close())  # type: ignore[attr-defined]
 
     def __enter__(self: _SS) -> _SS:
         return self
