@@ -2,7 +2,10 @@
 ``agents.py`` through ``klieo_shm.worker``, results and progress go to KV, a
 progress bar shows the run and a summary prints at the end.
 
-    python examples/agent_pool.py --tasks 200 --workers 4 [--url URL]
+    python examples/agent_pool.py --tasks 200 --workers 4 [--url URL | --with-broker]
+
+``--with-broker`` starts a ``klieo-shmd`` on a private socket for the run and
+stops it afterwards (what ``examples/run.sh`` does).
 
 On ``shm://`` or ``nats://`` the workers are processes; on ``memory://`` (one
 process, no daemon) they are asyncio workers in this process.
@@ -15,6 +18,7 @@ import asyncio
 import json
 import os
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -77,7 +81,20 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--url", default=None)
+    parser.add_argument("--with-broker", action="store_true", help="start klieo-shmd for the run")
     args = parser.parse_args()
+    if not args.with_broker:
+        return run(args)
+    from klieo_shm.daemon import spawn_daemon
+
+    with tempfile.TemporaryDirectory(prefix="klieo-example-") as tmp:
+        sock = os.path.join(tmp, "klieo.sock")
+        with spawn_daemon(sock):
+            args.url = f"shm://{sock}"
+            return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     url = klieo_shm.resolve_url(args.url)
     os.environ[klieo_shm.ENV_URL] = url  # the agents (and worker processes) connect here
     run = uuid.uuid4().hex[:8]

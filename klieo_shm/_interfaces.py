@@ -132,7 +132,8 @@ class JobQueue(ABC):
     A claim ends without an ack by ``nak``, lease expiry or the worker's
     death; each counts as an attempt. After the job's ``max_attempts``
     (default 5) it becomes a dead letter, kept with payload, attempts and
-    reason, and published on the subject ``dlq.<queue>``.
+    reason, and published on the subject ``dlq.<queue>`` with the job's payload
+    and the headers ``job-id``, ``queue``, ``attempts`` and ``reason``.
     """
 
     @abstractmethod

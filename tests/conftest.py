@@ -166,6 +166,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if left:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
+            reporter.ensure_newline()
             reporter.write_line(f"LEFTOVER: klieo segments in {SHM_DIR}: {sorted(left)}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 

@@ -17,7 +17,6 @@ error the connection is in state ``ERROR``: it may still ``send`` one
 
 from __future__ import annotations
 
-import struct
 from typing import Any, Final, Literal, TypeAlias
 
 import msgpack
@@ -222,17 +221,13 @@ def _encode(event: Event, max_frame: int) -> bytes:
         )
         return encode_frame(KIND_PUBLISH, body, max_frame)
     if isinstance(event, DeliverBatch):
-        _check_batch(len(event.descs))
-        n = len(event.descs)
-        flat = [x for d in event.descs for x in d]
-        body = b"".join(
-            [
-                DELIVER_HEAD.pack(event.sub_id, n),
-                struct.pack("<" + DELIVER_DESC.format[1:] * n, *flat),
-                event.subjects,
-            ]
-        )
-        return encode_frame(KIND_DELIVER, body, max_frame)
+        _check_batch(event.count)
+        if len(event.descs) != event.count * DELIVER_DESC.size:
+            raise LocalProtocolError(
+                f"deliver batch of {event.count} has {len(event.descs)} descriptor bytes"
+            )
+        head = DELIVER_HEAD.pack(event.sub_id, event.count)
+        return encode_frame(KIND_DELIVER, b"".join((head, event.descs, event.subjects)), max_frame)
     if isinstance(event, AckBatch):
         _check_batch(len(event.ranges))
         body = ACK_HEAD.pack(len(event.ranges)) + b"".join(ACK_DESC.pack(*r) for r in event.ranges)
@@ -261,10 +256,13 @@ def _decode(kind: int, body: bytes) -> Event:
         )
         return PublishBatch(batch_no, region_off, region_len, descs, subjects)
     if kind == KIND_DELIVER:
-        (sub_id, _), descs, subjects = iter_descriptors(
-            body, DELIVER_HEAD, DELIVER_DESC, 1, "deliver"
-        )
-        return DeliverBatch(sub_id, descs, subjects)
+        if len(body) < DELIVER_HEAD.size:
+            raise RemoteProtocolError(f"truncated deliver frame: {len(body)} bytes")
+        sub_id, count = DELIVER_HEAD.unpack_from(body, 0)
+        end = DELIVER_HEAD.size + count * DELIVER_DESC.size
+        if count > MAX_BATCH or len(body) < end:
+            raise RemoteProtocolError(f"deliver frame of {len(body)} bytes cannot hold {count}")
+        return DeliverBatch(sub_id, count, body[DELIVER_HEAD.size : end], body[end:])
     if kind == KIND_ACK:
         _, ranges, rest = iter_descriptors(body, ACK_HEAD, ACK_DESC, 0, "ack")
         if rest:

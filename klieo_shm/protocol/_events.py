@@ -163,12 +163,20 @@ class PubAck:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class DeliverBatch:
-    """Server -> client. ``descs`` are ``(delivery_id, seq, store_off,
-    hdr_len, pay_len, delivery_count, subj_len)`` tuples."""
+    """Server -> client. ``descs`` holds ``count`` packed ``DELIVER_DESC``
+    entries (the broker builds them from per-message parts it packed once);
+    :meth:`entries` unpacks them as ``(delivery_id, delivery_count, seq,
+    store_off, hdr_len, pay_len, subj_len)`` tuples."""
 
     sub_id: int
-    descs: list[tuple[int, ...]]
+    count: int
+    descs: bytes
     subjects: bytes
+
+    def entries(self) -> list[tuple[int, ...]]:
+        from ._frames import DELIVER_DESC
+
+        return list(DELIVER_DESC.iter_unpack(self.descs))
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -44,6 +44,7 @@ __all__ = [
     "ACK_KIND_TERM",
     "DELIVER_DESC",
     "DELIVER_HEAD",
+    "DELIVER_ID",
     "FRAME_HEAD",
     "KIND_ACK",
     "KIND_CONTROL",
@@ -52,6 +53,7 @@ __all__ = [
     "KIND_PUBLISH",
     "MAX_BATCH",
     "MIN_MAX_FRAME",
+    "MSG_DESC",
     "PUBACK",
     "PUBACK_FULL",
     "PUBACK_OK",
@@ -92,9 +94,14 @@ PUBACK_FULL: Final = 1
 
 DELIVER_HEAD: Final = struct.Struct("<II")
 """sub_id u32, count u32."""
-DELIVER_DESC: Final = struct.Struct("<QQQIIIH")
-"""delivery_id u64, seq u64, store_off u64, hdr_len u32, pay_len u32,
-delivery_count u32, subj_len u16."""
+DELIVER_DESC: Final = struct.Struct("<QIQQIIH")
+"""delivery_id u64, delivery_count u32, then the message part MSG_DESC."""
+DELIVER_ID: Final = struct.Struct("<QI")
+"""The per-delivery prefix of DELIVER_DESC: delivery_id u64, delivery_count u32."""
+MSG_DESC: Final = struct.Struct("<QQIIH")
+"""The per-message rest of DELIVER_DESC: seq u64, store_off u64, hdr_len u32,
+pay_len u32, subj_len u16. The broker packs it once per message and reuses
+it for every delivery of that message."""
 
 ACK_HEAD: Final = struct.Struct("<I")
 """count u32."""
@@ -122,7 +129,8 @@ def split_frames(buf: bytearray, max_frame: int) -> list[tuple[int, bytes]]:
     ``(kind, body)``; an incomplete tail stays in ``buf``.
 
     Raises ``RemoteProtocolError`` for an unknown kind or a declared length
-    over ``max_frame`` -- as soon as the header is seen, before the body arrives.
+    over ``max_frame`` -- as soon as the header is seen, before the body
+    arrives, once the complete frames before it have been returned.
     """
     out: list[tuple[int, bytes]] = []
     pos = 0
@@ -130,11 +138,12 @@ def split_frames(buf: bytearray, max_frame: int) -> list[tuple[int, bytes]]:
     head = FRAME_HEAD.size
     while end - pos >= head:
         body_len, kind = FRAME_HEAD.unpack_from(buf, pos)
-        if kind not in _KINDS:
+        if kind not in _KINDS or body_len > max_frame:
             del buf[:pos]
-            raise RemoteProtocolError(f"unknown frame kind {kind}")
-        if body_len > max_frame:
-            del buf[:pos]
+            if out:  # hand out the good frames first; the next call raises
+                return out
+            if kind not in _KINDS:
+                raise RemoteProtocolError(f"unknown frame kind {kind}")
             raise RemoteProtocolError(
                 f"frame of {body_len} bytes is over the limit of {max_frame} bytes"
             )

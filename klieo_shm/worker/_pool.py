@@ -65,7 +65,7 @@ def _child(
         async with await connect(url) as bus:
             stats = await run_worker(bus, queue, handler, options=opts, stop=stop)
         log.info(
-            "worker %s done: %d acked, %d failed, %d dead-lettered",
+            "%s done: %d acked, %d failed, %d dead-lettered",
             stats.worker_id,
             stats.acked,
             stats.failed,

@@ -87,12 +87,15 @@ async def test_dead_letters_are_published_on_the_dlq_subject(world: World):
     pubsub, *_, jobs = await world.connect()
     queue = world.name("q")
     dlq = await pubsub.subscribe(f"dlq.{queue}", world.name("dlq"))
-    await jobs.enqueue(queue, Job(b"poison", max_attempts=1))
+    job_id = await jobs.enqueue(queue, Job(b"poison", max_attempts=1))
     await (await jobs.claim(queue, "w", TTL)).dead_letter("broken")
 
     msg = await dlq.next(timeout=WAIT)
 
     assert msg.subject == f"dlq.{queue}"
+    assert msg.payload == b"poison"
+    # What all three backends send; DESIGN.md names only the subject.
+    assert msg.headers == {"job-id": job_id, "queue": queue, "attempts": "1", "reason": "broken"}
     await msg.ack()
 
 
@@ -100,12 +103,14 @@ async def test_dead_letters_from_max_attempts_are_published_on_the_dlq_subject(w
     pubsub, *_, jobs = await world.connect()
     queue = world.name("q")
     dlq = await pubsub.subscribe(f"dlq.{queue}", world.name("dlq"))
-    await jobs.enqueue(queue, Job(b"poison", max_attempts=2))
+    job_id = await jobs.enqueue(queue, Job(b"poison", max_attempts=2))
     await _fail_every_attempt(jobs, queue, 2)
 
     msg = await dlq.next(timeout=WAIT)
 
     assert msg.subject == f"dlq.{queue}"
+    assert msg.payload == b"poison"
+    assert (msg.headers["job-id"], msg.headers["attempts"]) == (job_id, "2")
     await msg.ack()
     with pytest.raises(klieo_shm.Timeout):
         await dlq.next(timeout=NOTHING)

@@ -91,11 +91,11 @@ async def test_heartbeat_keeps_a_claim_past_its_ttl(world: World):
     *_, rival = await world.connect()
     queue = world.name("q")
     await jobs.enqueue(queue, Job(b"long"))
-    claimed = await jobs.claim(queue, "w", 0.5)
-    rival_claim = asyncio.ensure_future(_claim_soon(rival, queue, "rival", within=1.6))
+    claimed = await jobs.claim(queue, "w", 1.0)
+    rival_claim = asyncio.ensure_future(_claim_soon(rival, queue, "rival", within=2.5))
 
-    while not rival_claim.done():  # over three TTLs, until the rival gives up
-        await asyncio.sleep(0.2)
+    while not rival_claim.done():  # over two TTLs, until the rival gives up
+        await asyncio.sleep(0.25)
         await claimed.heartbeat()
 
     with pytest.raises(AssertionError, match="no job"):

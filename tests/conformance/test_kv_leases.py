@@ -101,10 +101,10 @@ async def test_heartbeat_keeps_a_short_lease_exclusive_past_its_ttl(world: World
     *_, kv, _ = await world.connect()
     *_, rival, _ = await world.connect()
     bucket = world.name("locks")
-    lease = await kv.lease(bucket, "leader", 0.5)
+    lease = await kv.lease(bucket, "leader", 1.0)
 
-    for _ in range(8):  # 1.6 s, over three TTLs
-        await asyncio.sleep(0.2)
+    for _ in range(10):  # 2.5 s, over two TTLs
+        await asyncio.sleep(0.25)
         await lease.heartbeat()
         with pytest.raises(klieo_shm.Conflict):
             await rival.lease(bucket, "leader", LONG)

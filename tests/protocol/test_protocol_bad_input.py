@@ -9,7 +9,7 @@ import msgpack
 import pytest
 from protocol_helpers import Link, raw_control, raw_frame
 
-from klieo_shm.protocol import CLOSED, Error, RemoteProtocolError
+from klieo_shm.protocol import CLOSED, Call, Error, RemoteProtocolError
 from klieo_shm.protocol._frames import MAX_BATCH
 
 
@@ -81,3 +81,11 @@ def test_truncated_frame_header_waits_for_more(ready: Link) -> None:
     ready.server.receive_data(b"\x01\x00")
     assert ready.server.events() == []
     assert ready.server.state == "READY"
+
+
+def test_events_before_a_bad_frame_are_delivered_first(ready: Link) -> None:
+    good = Call(1, "ping", {})
+    ready.server.receive_data(ready.client.send(good) + raw_frame(99, b""))
+    assert ready.server.next_event() == good
+    with pytest.raises(RemoteProtocolError, match="unknown frame kind"):
+        ready.server.next_event()

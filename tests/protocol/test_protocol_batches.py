@@ -18,6 +18,7 @@ from klieo_shm.protocol import (
     PublishBatch,
     Respond,
 )
+from klieo_shm.protocol._frames import DELIVER_DESC
 
 
 def test_publish_batch_round_trips(ready: Link) -> None:
@@ -31,10 +32,12 @@ def test_publish_batch_round_trips(ready: Link) -> None:
 
 def test_puback_deliver_and_ack_round_trip(ready: Link) -> None:
     assert ready.s2c(PubAck(7, 100, 2, PUBACK_OK)) == [PubAck(7, 100, 2, PUBACK_OK)]
-    deliver = DeliverBatch(3, [(1, 100, 64, 0, 10, 1, 3), (2, 101, 74, 0, 10, 2, 3)], b"a.ba.b")
-    [got] = ready.s2c(deliver)
+    entries = [(1, 1, 100, 64, 0, 10, 3), (2, 2, 101, 74, 0, 10, 3)]
+    packed = b"".join(DELIVER_DESC.pack(*e) for e in entries)
+    [got] = ready.s2c(DeliverBatch(3, 2, packed, b"a.ba.b"))
     assert isinstance(got, DeliverBatch)
-    assert (got.sub_id, got.descs, got.subjects) == (3, deliver.descs, deliver.subjects)
+    assert (got.sub_id, got.count, got.subjects) == (3, 2, b"a.ba.b")
+    assert got.entries() == entries
     ack = AckBatch([(1, 2, ACK_KIND_ACK, 0), (9, 1, ACK_KIND_NAK, 250)])
     [got_ack] = ready.c2s(ack)
     assert isinstance(got_ack, AckBatch)

@@ -1,0 +1,428 @@
+"""The broker core: sessions, the handshake, calls and request/reply.
+
+One instance per daemon, driven by one asyncio loop (``_server``) that feeds
+bytes in through :meth:`Broker.receive` and gets bytes out through each
+session's ``write`` callable. The broker is the single writer of every piece
+of metadata. It does no socket I/O itself; the only OS work here is
+creating, mapping and unlinking segments.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final
+
+from .._errors import BusError, Closed, HandlerError, InvalidArgument, NotFound, ProtocolError
+from .._names import validate_durable, validate_subject, validate_subject_pattern
+from .._values import check_duration
+from ..layout import HEADER_SIZE, init_arena, init_store
+from ..protocol import (
+    CLOSED,
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    AckBatch,
+    Call,
+    Connection,
+    Error,
+    Event,
+    Hello,
+    Incoming,
+    LocalProtocolError,
+    PublishBatch,
+    RemoteProtocolError,
+    Respond,
+    Result,
+    Welcome,
+)
+from ..protocol._wire_errors import error_to_wire
+from ._config import BrokerConfig
+from ._jobs import JobsState, job_calls
+from ._kv import KV_CALLS, KvState
+from ._pubsub import Member, PubsubState
+from ._segments import Segment
+
+__all__ = ["Broker", "Session"]
+
+log = logging.getLogger("klieo.shmd")
+_DEFER: Final = object()
+_REQUEST_GRACE: Final = 1.0
+
+
+class Session:
+    """One client connection and everything the broker keeps for it."""
+
+    __slots__ = (
+        "arena",
+        "arena_seg",
+        "asking",
+        "client_id",
+        "closed",
+        "conn",
+        "deliveries",
+        "members",
+        "name",
+        "next_did",
+        "parked",
+        "pid",
+        "services",
+        "serving",
+        "start_time",
+        "uid",
+        "write",
+    )
+
+    def __init__(
+        self, client_id: int, write: Callable[[bytes], None], pid: int, uid: int, start: float
+    ) -> None:
+        self.client_id = client_id
+        self.write = write
+        self.pid = pid
+        self.uid = uid
+        self.start_time = start
+        self.name = ""
+        self.conn = Connection("server")
+        self.closed = False
+        self.arena_seg: Segment | None = None
+        self.arena = memoryview(b"")
+        self.deliveries: dict[int, tuple[Any, ...]] = {}  # id -> (member, msg, deadline, count)
+        self.next_did = 1
+        self.members: dict[int, Member] = {}
+        self.parked: deque[tuple[PublishBatch, float]] = deque()  # (batch, deadline)
+        self.services: dict[int, str] = {}  # svc_id -> subject
+        self.serving: set[int] = set()  # request ids sent to this session
+        self.asking: set[int] = set()  # request ids this session made
+
+    def __repr__(self) -> str:
+        return f"<client {self.client_id} pid={self.pid} {self.name!r}>"
+
+    def send(self, event: Event) -> None:
+        """Encode and queue ``event`` for this client; dropped once the
+        connection is closing (its deliveries are then handed to others)."""
+        if self.closed:
+            return
+        try:
+            data = self.conn.send(event)
+        except LocalProtocolError:
+            if self.conn.state in ("READY", "HELLO_RECEIVED"):
+                raise  # a real bug, not a closing connection
+            return
+        self.write(data)
+
+
+class _Request:
+    __slots__ = ("call_id", "deadline", "requester", "server", "subject")
+
+    def __init__(
+        self, requester: Session, call_id: int, server: Session, subject: str, deadline: float
+    ) -> None:
+        self.requester = requester
+        self.call_id = call_id
+        self.server = server
+        self.subject = subject
+        self.deadline = deadline
+
+
+class Broker:
+    """All broker state. ``clock`` is monotonic seconds (tests may fake it)."""
+
+    def __init__(self, config: BrokerConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.clock = clock
+        self.pid = os.getpid()
+        # Arenas: the client writes them. The store: only the broker writes it,
+        # so a group gets read access only.
+        self.mode = 0o660 if config.group else 0o600
+        store_mode = 0o640 if config.group else 0o600
+        self.gid = _group_id(config.group)
+        self._base = f"/{config.prefix}-{self.pid}"
+        self.store_seg = Segment(self._base + "-store", config.store_size, store_mode, self.gid)
+        try:
+            store = init_store(self.store_seg.view, self.pid)
+            self.pubsub = PubsubState(config, store, self.store_seg.view)
+            self.kv = KvState(config, self._base, store_mode, self.gid, _DEFER)
+        except BaseException:
+            self.store_seg.destroy()  # leave no segment behind
+            raise
+        self.jobs = JobsState(
+            self.pubsub,
+            clock,
+            config.max_payload,
+            config.store_size,
+            config.publish_timeout,
+            dedup=self.kv,
+        )
+        self.sessions: dict[int, Session] = {}
+        self._ids = itertools.count(1)
+        self._req_ids = itertools.count(1)
+        self.services: dict[str, list[tuple[Session, int]]] = {}
+        self._rr = 0
+        self.requests: dict[int, _Request] = {}
+
+    # --- sessions ------------------------------------------------------------
+    def open_session(
+        self, write: Callable[[bytes], None], pid: int, uid: int, start: float
+    ) -> Session:
+        s = Session(next(self._ids), write, pid, uid, start)
+        self.sessions[s.client_id] = s
+        return s
+
+    def receive(self, s: Session, data: bytes) -> bool:
+        """Feed bytes from ``s``; False when the connection must be closed
+        (after EOF, or after a protocol violation, which is answered with an
+        ``Error`` event naming it)."""
+        conn = s.conn
+        conn.receive_data(data)
+        now = self.clock()
+        try:
+            while True:
+                ev = conn.next_event()
+                if ev is NEED_DATA:
+                    return True
+                if ev is CLOSED or isinstance(ev, Error):
+                    return False
+                if isinstance(ev, Event):
+                    self._handle(s, ev, now)
+        except ProtocolError as exc:
+            log.warning("%r: protocol violation, closing: %s", s, exc)
+            return self._refuse(s, "protocol", str(exc))
+        except OSError as exc:
+            log.error("%r: cannot serve: %s", s, exc)
+            return self._refuse(s, "resources", f"broker cannot serve this client: {exc}")
+        finally:
+            self.pubsub.pump(now)
+
+    def _refuse(self, s: Session, code: str, message: str) -> bool:
+        with contextlib.suppress(ProtocolError):
+            s.send(Error(code, message))
+        return False
+
+    def refuse(self, s: Session, message: str) -> None:
+        """Tell a client it may not connect (the driver then closes it)."""
+        self._refuse(s, "forbidden", message)
+
+    def close_session(self, s: Session) -> None:
+        """The connection is gone: release everything the client held."""
+        if s.closed:
+            return
+        s.closed = True
+        self.sessions.pop(s.client_id, None)
+        self.pubsub.drop_session(s)
+        self.jobs.drop_session(s, self.clock())
+        self.kv.drop_session(s)
+        for svc_id in list(s.services):
+            self._unserve(s, svc_id)
+        for req_id in list(s.serving):
+            r = self.requests.pop(req_id, None)
+            if r is not None and not r.requester.closed:
+                r.requester.asking.discard(req_id)
+                self._fail(r, Closed(f"server of {r.subject!r}", "went away mid-request"))
+        for req_id in s.asking:
+            r = self.requests.pop(req_id, None)
+            if r is not None:
+                r.server.serving.discard(req_id)
+        if s.arena_seg is not None:
+            s.arena = memoryview(b"")
+            s.arena_seg.destroy()
+            s.arena_seg = None
+        self.pubsub.pump(self.clock())
+        log.info("%r: disconnected", s)
+
+    def tick(self) -> None:
+        now = self.clock()
+        self.pubsub.tick(now)
+        self.jobs.tick(now)
+        self.kv.tick(now)
+        if self.requests:
+            for req_id, r in list(self.requests.items()):
+                if r.deadline + _REQUEST_GRACE <= now:
+                    del self.requests[req_id]
+                    r.server.serving.discard(req_id)
+                    r.requester.asking.discard(req_id)
+        self.pubsub.pump(now)
+
+    def shutdown(self) -> None:
+        for s in list(self.sessions.values()):
+            self.close_session(s)
+        self.store_seg.destroy()
+        self.kv.close()
+
+    # --- events --------------------------------------------------------------
+    def _handle(self, s: Session, ev: Event, now: float) -> None:
+        if isinstance(ev, PublishBatch):
+            self.pubsub.publish(s, ev, now)
+        elif isinstance(ev, AckBatch):
+            self.pubsub.ack(s, ev.ranges, now)
+        elif isinstance(ev, Call):
+            self._call(s, ev, now)
+        elif isinstance(ev, Respond):
+            self._respond(s, ev)
+        elif isinstance(ev, Hello):
+            self._hello(s, ev)
+        elif isinstance(ev, Error):
+            log.info("%r: closing with error %s: %s", s, ev.code, ev.message)
+
+    def _hello(self, s: Session, ev: Hello) -> None:
+        cfg = self.config
+        s.name = ev.name
+        seg = Segment(f"{self._base}-a{s.client_id}", cfg.arena_size, self.mode, self.gid)
+        size = init_arena(seg.view, s.client_id, s.pid, int(s.start_time * 1e6))
+        s.arena_seg = seg
+        s.arena = seg.view[HEADER_SIZE : HEADER_SIZE + size]
+        store = self.store_seg
+        s.send(
+            Welcome(
+                PROTOCOL_VERSION,
+                s.client_id,
+                seg.name,
+                seg.size,
+                store.name,
+                store.size,
+                cfg.max_payload,
+                cfg.max_frame,
+            )
+        )
+        log.info("%r: connected", s)
+
+    def _call(self, s: Session, ev: Call, now: float) -> None:
+        handler = _CALLS.get(ev.method)
+        try:
+            if handler is None:
+                raise InvalidArgument("method", ev.method, "unknown call")
+            value = handler(self, s, ev, now)
+        except BusError as exc:
+            name, args = error_to_wire(exc)
+            s.send(Result(ev.call_id, None, name, args))
+            return
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RemoteProtocolError(f"bad arguments to {ev.method!r}: {exc!r}") from None
+        if value is not _DEFER:
+            s.send(Result(ev.call_id, value))
+
+    def _c_ping(self, s: Session, ev: Call, now: float) -> object:
+        return {"pid": self.pid}
+
+    def _c_subscribe(self, s: Session, ev: Call, now: float) -> object:
+        a = ev.args
+        pattern = validate_subject_pattern(a["subject"])
+        durable = validate_durable(a["durable"])
+        ack_wait = a.get("ack_wait")
+        if ack_wait is not None:
+            ack_wait = check_duration("ack_wait", ack_wait, positive=True)
+        self.pubsub.subscribe(s, int(a["sub_id"]), pattern, durable, ack_wait)
+        return {}
+
+    def _c_unsubscribe(self, s: Session, ev: Call, now: float) -> object:
+        self.pubsub.unsubscribe(s, int(ev.args["sub_id"]), now)
+        return {}
+
+    def _c_delete_durable(self, s: Session, ev: Call, now: float) -> object:
+        self.pubsub.delete_durable(validate_durable(ev.args["durable"]))
+        return {}
+
+    def _c_serve(self, s: Session, ev: Call, now: float) -> object:
+        subject = validate_subject(ev.args["subject"])
+        svc_id = int(ev.args["svc_id"])
+        if svc_id in s.services:
+            raise InvalidArgument("svc_id", svc_id, "already in use on this connection")
+        s.services[svc_id] = subject
+        self.services.setdefault(subject, []).append((s, svc_id))
+        return {}
+
+    def _c_unserve(self, s: Session, ev: Call, now: float) -> object:
+        self._unserve(s, int(ev.args["svc_id"]))
+        return {}
+
+    def _unserve(self, s: Session, svc_id: int) -> None:
+        subject = s.services.pop(svc_id, None)
+        if subject is None:
+            return
+        servers = self.services.get(subject, [])
+        if (s, svc_id) in servers:
+            servers.remove((s, svc_id))
+        if not servers:
+            self.services.pop(subject, None)
+
+    def _c_request(self, s: Session, ev: Call, now: float) -> object:
+        a = ev.args
+        subject = a["subject"]
+        payload = a["payload"]
+        if not isinstance(payload, bytes):
+            raise InvalidArgument("payload", type(payload).__name__, "must be bytes")
+        timeout = check_duration("timeout", a["timeout"])
+        # served subjects were validated by serve(): validate only on a miss
+        servers = self.services.get(subject) if isinstance(subject, str) else None
+        if not servers:
+            raise NotFound("server for subject", validate_subject(subject))
+        self._rr += 1
+        server, svc_id = servers[self._rr % len(servers)]
+        req_id = next(self._req_ids)
+        self.requests[req_id] = _Request(s, ev.call_id, server, subject, now + timeout)
+        server.serving.add(req_id)
+        s.asking.add(req_id)
+        server.send(Incoming(req_id, svc_id, subject, payload))
+        return _DEFER
+
+    def _c_stats(self, s: Session, ev: Call, now: float) -> object:
+        return {
+            "pid": self.pid,
+            "clients": [
+                {"client_id": x.client_id, "pid": x.pid, "name": x.name}
+                for x in self.sessions.values()
+            ],
+            **self.pubsub.stats(),
+            **self.kv.stats(),
+            "queues": self.jobs.summary(),
+            "services": {k: len(v) for k, v in self.services.items()},
+        }
+
+    def _respond(self, s: Session, ev: Respond) -> None:
+        r = self.requests.get(ev.req_id)
+        if r is None:
+            return  # timed out, or the requester left: nobody waits for it
+        if r.server is not s:
+            raise RemoteProtocolError(f"reply to request {ev.req_id}, which was not sent to you")
+        del self.requests[ev.req_id]
+        s.serving.discard(ev.req_id)
+        r.requester.asking.discard(ev.req_id)
+        if ev.error_type:
+            err = HandlerError(r.subject, ev.error_type, ev.payload.decode(errors="replace"))
+            self._fail(r, err)
+        else:
+            r.requester.send(Result(r.call_id, ev.payload))
+
+    def _fail(self, r: _Request, exc: BusError) -> None:
+        name, args = error_to_wire(exc)
+        r.requester.send(Result(r.call_id, None, name, args))
+
+
+_CALLS: Final[dict[str, Callable[[Broker, Session, Call, float], object]]] = {
+    "ping": Broker._c_ping,
+    "subscribe": Broker._c_subscribe,
+    "unsubscribe": Broker._c_unsubscribe,
+    "delete_durable": Broker._c_delete_durable,
+    "serve": Broker._c_serve,
+    "unserve": Broker._c_unserve,
+    "request": Broker._c_request,
+    "stats": Broker._c_stats,
+    **job_calls(_DEFER),
+    **KV_CALLS,
+}
+
+
+def _group_id(group: str | None) -> int | None:
+    if group is None:
+        return None
+    import grp
+
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        if group.isdigit():
+            return int(group)
+        raise ValueError(f"unknown group {group!r}") from None

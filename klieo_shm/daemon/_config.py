@@ -1,0 +1,97 @@
+"""The broker's configuration and the names derived from it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Final
+
+from .._bus import default_socket_path
+
+__all__ = [
+    "DEFAULT_ARENA_SIZE",
+    "DEFAULT_KV_MAX_SIZE",
+    "DEFAULT_KV_SIZE",
+    "DEFAULT_MAX_ACK_PENDING",
+    "DEFAULT_MAX_PAYLOAD",
+    "DEFAULT_MEMBER_WINDOW",
+    "DEFAULT_PUBLISH_TIMEOUT",
+    "DEFAULT_STORE_SIZE",
+    "BrokerConfig",
+    "segment_prefix",
+]
+
+MiB: Final = 1 << 20
+DEFAULT_STORE_SIZE: Final = 256 * MiB
+DEFAULT_ARENA_SIZE: Final = 64 * MiB
+DEFAULT_MAX_PAYLOAD: Final = 16 * MiB
+DEFAULT_MAX_ACK_PENDING: Final = 1000
+DEFAULT_MEMBER_WINDOW: Final = 256
+DEFAULT_PUBLISH_TIMEOUT: Final = 5.0
+DEFAULT_KV_SIZE: Final = 16 * MiB
+DEFAULT_KV_MAX_SIZE: Final = 1024 * MiB
+MIN_KV_SIZE: Final = 64 * 1024
+
+
+def segment_prefix(socket_path: str) -> str:
+    """The per-broker segment name prefix: ``klieo-`` and a hash of the
+    socket's absolute path, so brokers on different sockets never collide."""
+    digest = hashlib.sha256(os.path.abspath(socket_path).encode()).hexdigest()[:12]
+    return f"klieo-{digest}"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    """Everything ``klieo-shmd`` can be told.
+
+    ``store_size``: bytes of broker-owned payload storage (the per-broker
+    memory limit for pending payloads). ``arena_size``: each client's tx
+    arena. ``max_payload``: largest payload. ``max_ack_pending``: most
+    unacked deliveries per durable (JetStream's max_ack_pending);
+    ``member_window``: most unacked deliveries per member, so one stuck
+    member never holds the whole durable. ``publish_timeout``: how long a
+    publish waits for storage before ``Full``. ``group``: a group whose
+    members may connect (widens the socket dir and segments to the group).
+    ``kv_size``: bytes of the first KV table segment; the table grows (a new
+    segment, entries copied) up to ``kv_max_size``, then writes raise ``Full``.
+    """
+
+    socket_path: str = ""
+    store_size: int = DEFAULT_STORE_SIZE
+    arena_size: int = DEFAULT_ARENA_SIZE
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    max_ack_pending: int = DEFAULT_MAX_ACK_PENDING
+    member_window: int = DEFAULT_MEMBER_WINDOW
+    publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT
+    group: str | None = None
+    kv_size: int = DEFAULT_KV_SIZE
+    kv_max_size: int = DEFAULT_KV_MAX_SIZE
+
+    def __post_init__(self) -> None:
+        if not self.socket_path:
+            object.__setattr__(self, "socket_path", default_socket_path())
+        if self.max_payload < 1:
+            raise ValueError("max_payload must be >= 1")
+        if self.arena_size < 2 * self.max_payload + (1 << 16):
+            raise ValueError(
+                f"arena_size {self.arena_size} must be at least twice max_payload "
+                f"({self.max_payload}) plus 64 KiB"
+            )
+        if self.store_size < self.max_payload * 2:
+            raise ValueError("store_size must be at least twice max_payload")
+        if self.max_ack_pending < 1 or self.member_window < 1:
+            raise ValueError("max_ack_pending and member_window must be >= 1")
+        if self.kv_size < MIN_KV_SIZE:
+            raise ValueError(f"kv_size must be at least {MIN_KV_SIZE}")
+        if self.kv_max_size < self.kv_size:
+            raise ValueError("kv_max_size must be at least kv_size")
+
+    @property
+    def prefix(self) -> str:
+        return segment_prefix(self.socket_path)
+
+    @property
+    def max_frame(self) -> int:
+        """Frame body limit: a request payload travels inline, plus room."""
+        return self.max_payload + MiB

@@ -1,0 +1,472 @@
+"""The broker's pubsub state: durable consumers, deliveries, acks, redelivery.
+
+Single writer: only the broker's event loop touches anything here. Nothing
+here does I/O; events to send go through ``Session.send``.
+
+Data model (chosen so the per-message cost is a few C-level operations):
+
+* a *block* is one publish batch copied from a client's arena into the
+  store, freed when its reference count (message x matching durable) drops
+  to zero;
+* a *message* is a tuple ``(seq, subject, desc, block)`` where ``desc`` is
+  its ``MSG_DESC`` packed once; one tuple is shared by every durable it
+  matched, and every delivery frame reuses ``desc``;
+* a *delivery* is a tuple ``(member, message, deadline, delivery_count)``
+  stored in the receiving session's ``deliveries`` under a per-session,
+  increasing delivery id, which acks name (in ranges).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from typing import TYPE_CHECKING, Any, Final
+
+from .._errors import InvalidArgument, NotFound
+from .._names import subject_matches, validate_subject
+from ..layout import SLOT, BuddyAllocator, check_slot, publish_usage
+from ..protocol import (
+    ACK_KIND_NAK,
+    ACK_KIND_PROGRESS,
+    PUBACK_FULL,
+    PUBACK_OK,
+    DeliverBatch,
+    PubAck,
+    PublishBatch,
+    RemoteProtocolError,
+    StreamEnd,
+)
+from ..protocol._frames import DELIVER_ID, MSG_DESC
+
+if TYPE_CHECKING:
+    from ._broker import Session
+    from ._config import BrokerConfig
+
+__all__ = ["Block", "Consumer", "Member", "PubsubState"]
+
+CHUNK: Final = 128
+"""Most messages in one delivery frame."""
+_ROUTE_CACHE_MAX: Final = 65536
+MAX_PARKED: Final = 65536
+"""Most publish batches of one client waiting for storage (a bound on the
+broker memory a client can pin; each waiting batch also pins arena room)."""
+
+Message = tuple[int, bytes, bytes, "Block"]
+_Routed = tuple[list[bytes], list[list["Consumer"]]]
+
+
+class Block:
+    """One publish batch in the store; freed when ``refs`` reaches 0."""
+
+    __slots__ = ("off", "refs")
+
+    def __init__(self, off: int, refs: int) -> None:
+        self.off = off
+        self.refs = refs
+
+
+class Member:
+    """One subscribe of a session to a durable (one ``MsgStream``)."""
+
+    __slots__ = ("consumer", "inflight", "session", "sub_id")
+
+    def __init__(self, session: Session, sub_id: int, consumer: Consumer) -> None:
+        self.session = session
+        self.sub_id = sub_id
+        self.consumer = consumer
+        self.inflight = 0
+
+
+class Consumer:
+    """A durable consumer: a subject pattern and the messages it owes."""
+
+    __slots__ = (
+        "ack_wait",
+        "counts",
+        "members",
+        "name",
+        "outstanding",
+        "pattern",
+        "pending",
+        "rr",
+        "timers",
+    )
+
+    def __init__(self, name: str, pattern: str, ack_wait: float) -> None:
+        self.name = name
+        self.pattern = pattern
+        self.ack_wait = ack_wait
+        self.pending: deque[Message] = deque()
+        self.counts: dict[int, int] = {}  # seq -> deliveries so far (only if > 1)
+        self.members: list[Member] = []
+        self.rr = 0
+        self.outstanding = 0
+        # (deadline, session, first delivery id, last delivery id), deadline order
+        self.timers: deque[tuple[float, Session, int, int]] = deque()
+
+
+class PubsubState:
+    """Every durable consumer and the payload store's allocation."""
+
+    def __init__(self, config: BrokerConfig, store: memoryview, store_seg: memoryview) -> None:
+        self.config = config
+        self.store = store
+        self._store_seg = store_seg
+        self.alloc = BuddyAllocator(len(store))
+        self.consumers: dict[str, Consumer] = {}
+        self.routes: dict[bytes, list[Consumer]] = {}
+        self.seq = 0
+        self.dirty: set[Consumer] = set()
+        self.parked: set[Session] = set()
+        self._delayed: list[tuple[float, int, Consumer, Message, int]] = []
+        self._tie = itertools.count()
+
+    # --- durables ------------------------------------------------------------
+    def subscribe(
+        self, s: Session, sub_id: int, pattern: str, durable: str, ack_wait: float | None
+    ) -> None:
+        if sub_id in s.members:
+            raise InvalidArgument("sub_id", sub_id, "already in use on this connection")
+        c = self.consumers.get(durable)
+        if c is None:
+            c = Consumer(durable, pattern, ack_wait if ack_wait is not None else 30.0)
+            self.consumers[durable] = c
+            self.routes.clear()
+        elif c.pattern != pattern:
+            raise InvalidArgument(
+                "subject", pattern, f"durable {durable!r} already consumes {c.pattern!r}"
+            )
+        elif ack_wait is not None:
+            c.ack_wait = ack_wait
+        m = Member(s, sub_id, c)
+        c.members.append(m)
+        s.members[sub_id] = m
+        self.dirty.add(c)
+
+    def unsubscribe(self, s: Session, sub_id: int, now: float) -> None:
+        m = s.members.pop(sub_id, None)
+        if m is None:
+            raise NotFound("subscription", str(sub_id))
+        self._leave(m)
+
+    def _leave(self, m: Member) -> None:
+        """Remove a member; its unacked deliveries go back to the front at once."""
+        c = m.consumer
+        if m in c.members:
+            c.members.remove(m)
+        if m.inflight:
+            deliveries = m.session.deliveries
+            mine = [did for did, rec in deliveries.items() if rec[0] is m]
+            back = []
+            for did in mine:
+                rec = deliveries.pop(did)
+                back.append((rec[1], rec[3]))
+            back.sort(key=lambda x: x[0][0])
+            for msg, dcount in reversed(back):
+                c.pending.appendleft(msg)
+                c.counts[msg[0]] = dcount
+            c.outstanding -= len(mine)
+            m.inflight = 0
+        self.dirty.add(c)
+
+    def delete_durable(self, name: str) -> None:
+        c = self.consumers.pop(name, None)
+        if c is None:
+            raise NotFound("durable", name)
+        self.routes.clear()
+        for m in list(c.members):
+            self._leave(m)
+            m.session.members.pop(m.sub_id, None)
+            m.session.send(StreamEnd(m.sub_id, f"durable {name!r} was deleted"))
+        for msg in c.pending:
+            self._release(msg[3])
+        c.pending.clear()
+        kept = [d for d in self._delayed if d[2] is not c]
+        for d in self._delayed:
+            if d[2] is c:
+                self._release(d[3][3])
+        self._delayed = kept
+        heapq.heapify(self._delayed)
+        self.dirty.discard(c)
+
+    def _route(self, subject: bytes) -> list[Consumer]:
+        try:
+            text = validate_subject(subject.decode())
+        except (UnicodeDecodeError, InvalidArgument) as exc:
+            raise RemoteProtocolError(f"invalid subject in publish: {exc}") from None
+        found = [c for c in self.consumers.values() if subject_matches(c.pattern, text)]
+        if len(self.routes) >= _ROUTE_CACHE_MAX:
+            self.routes.clear()
+        self.routes[subject] = found
+        return found
+
+    # --- publish -------------------------------------------------------------
+    def publish(self, s: Session, ev: PublishBatch, now: float) -> None:
+        """Check a batch (protocol errors raise), then store it or park it."""
+        checked = self._check(s, ev)
+        if len(s.parked) >= MAX_PARKED:
+            raise RemoteProtocolError(f"over {MAX_PARKED} publish batches wait for storage")
+        if s.parked or not self._commit(s, ev, checked):
+            # parked: routed again when stored, to the durables that exist then
+            s.parked.append((ev, now + self.config.publish_timeout))
+            self.parked.add(s)
+
+    def _check(self, s: Session, ev: PublishBatch) -> _Routed:
+        """The batch's subjects and, for each, the consumers it goes to."""
+        err = check_slot(s.arena, ev.region_off, ev.region_len, s.client_id, ev.batch_no)
+        if err is not None:
+            raise RemoteProtocolError(f"publish batch {ev.batch_no}: {err}")
+        lo, hi, limit = SLOT.size, ev.region_len, self.config.max_payload
+        subjects, routes, pos = ev.subjects, self.routes, 0
+        routed: list[list[Consumer]] = []
+        subjs: list[bytes] = []
+        for rel, hl, pl, sl in ev.descs:
+            if rel < lo or rel + hl + pl > hi:
+                raise RemoteProtocolError(
+                    f"publish batch {ev.batch_no}: message at {rel} lies outside its region"
+                )
+            if pl > limit:
+                raise RemoteProtocolError(f"payload of {pl} bytes is over the limit of {limit}")
+            subj = subjects[pos : pos + sl]
+            pos += sl
+            subjs.append(subj)
+            cons = routes.get(subj)
+            routed.append(cons if cons is not None else self._route(subj))
+        if pos != len(subjects):
+            raise RemoteProtocolError(f"publish batch {ev.batch_no}: subjects do not add up")
+        return subjs, routed
+
+    def _commit(self, s: Session, ev: PublishBatch, checked: _Routed) -> bool:
+        """Store the batch and answer it; False when the store has no room."""
+        subjs, routed = checked
+        n = len(ev.descs)
+        refs = sum(map(len, routed))
+        if refs == 0:
+            first = self.seq + 1
+            self.seq += n
+            s.send(PubAck(ev.batch_no, first, n, PUBACK_OK))
+            return True
+        span = ev.region_len - SLOT.size
+        off = self.alloc.alloc(span)
+        if off is None:
+            return False
+        src = ev.region_off + SLOT.size
+        # SYNC POINT: payload bytes written to the store before the DeliverBatch
+        # naming them is sent (the socket write orders them for the reader).
+        self.store[off : off + span] = s.arena[src : src + span]
+        block = Block(off, refs)
+        base = off - SLOT.size
+        first = self.seq + 1
+        self.seq += n
+        dirty = self.dirty
+        pack = MSG_DESC.pack
+        last: list[Consumer] | None = None
+        seq = first
+        for (rel, hl, pl, sl), subj, cons in zip(ev.descs, subjs, routed, strict=True):
+            if cons:
+                msg = (seq, subj, pack(seq, base + rel, hl, pl, sl), block)
+                if len(cons) == 1:
+                    cons[0].pending.append(msg)
+                else:
+                    for c in cons:
+                        c.pending.append(msg)
+                if cons is not last:
+                    dirty.update(cons)
+                    last = cons
+            seq += 1
+        self._usage()
+        s.send(PubAck(ev.batch_no, first, n, PUBACK_OK))
+        return True
+
+    def _unpark(self, now: float) -> None:
+        for s in list(self.parked):
+            while s.parked:
+                ev, deadline = s.parked[0]
+                if not self._commit(s, ev, self._check(s, ev)):
+                    if deadline <= now:
+                        s.parked.popleft()
+                        s.send(PubAck(ev.batch_no, 0, len(ev.descs), PUBACK_FULL))
+                        continue
+                    break
+                s.parked.popleft()
+            if not s.parked:
+                self.parked.discard(s)
+
+    def _release(self, block: Block, n: int = 1) -> None:
+        block.refs -= n
+        if block.refs == 0:
+            self.alloc.free(block.off)
+
+    def _usage(self) -> None:
+        publish_usage(self._store_seg, self.alloc.used, len(self.alloc))
+
+    # --- deliveries ----------------------------------------------------------
+    def pump(self, now: float) -> None:
+        """Send what every dirty consumer can deliver now."""
+        if self.parked:
+            self._unpark(now)
+        while self.dirty:
+            c = self.dirty.pop()
+            self._deliver(c, now)
+
+    def _deliver(self, c: Consumer, now: float) -> None:
+        cfg = self.config
+        members, pending = c.members, c.pending
+        while pending and members and c.outstanding < cfg.max_ack_pending:
+            m = None
+            for _ in range(len(members)):
+                cand = members[c.rr % len(members)]
+                c.rr += 1
+                if cand.inflight < cfg.member_window:
+                    m = cand
+                    break
+            if m is None:
+                return
+            room = min(cfg.member_window - m.inflight, cfg.max_ack_pending - c.outstanding, CHUNK)
+            take = min(room, len(pending))
+            s = m.session
+            first = s.next_did
+            deadline = now + c.ack_wait
+            counts = c.counts
+            parts: list[bytes] = []
+            subjects: list[bytes] = []
+            deliveries = s.deliveries
+            pack_id, popleft = DELIVER_ID.pack, pending.popleft
+            for did in range(first, first + take):
+                msg = popleft()
+                dcount = counts.pop(msg[0], 0) + 1 if counts else 1
+                deliveries[did] = (m, msg, deadline, dcount)
+                parts.append(pack_id(did, dcount))
+                parts.append(msg[2])
+                subjects.append(msg[1])
+            s.next_did = first + take
+            m.inflight += take
+            c.outstanding += take
+            c.timers.append((deadline, s, first, first + take - 1))
+            s.send(DeliverBatch(m.sub_id, take, b"".join(parts), b"".join(subjects)))
+
+    # --- acks ----------------------------------------------------------------
+    def ack(self, s: Session, ranges: list[tuple[int, ...]], now: float) -> None:
+        """Resolve ranges of delivery ids. Ids never issued to ``s`` are a
+        protocol violation; ids already redelivered elsewhere are ignored.
+
+        Consecutive ids mostly share a member and a block, so the counters
+        are settled once per run of equal member (and block), not per id.
+        """
+        deliveries, top = s.deliveries, s.next_did
+        pop = deliveries.pop
+        for first, n, kind, delay_ms in ranges:
+            if first < 1 or first + n > top:
+                raise RemoteProtocolError(
+                    f"ack for delivery ids {first}..{first + n - 1}: never delivered to this client"
+                )
+            if kind == ACK_KIND_PROGRESS:
+                self._progress(s, first, n, now)
+                continue
+            settle = kind != ACK_KIND_NAK
+            naks: list[tuple[Consumer, Message, int]] = []
+            last_m: Member | None = None
+            last_b: Block | None = None
+            mn = bn = 0
+            for did in range(first, first + n):
+                rec = pop(did, None)
+                if rec is None:
+                    continue  # expired and redelivered: a late ack is ignored
+                m, msg, _, dcount = rec
+                if m is not last_m:
+                    if last_m is not None:
+                        self._settle(last_m, mn)
+                    last_m, mn = m, 0
+                mn += 1
+                if settle:
+                    b = msg[3]
+                    if b is not last_b:
+                        if last_b is not None:
+                            self._release(last_b, bn)
+                        last_b, bn = b, 0
+                    bn += 1
+                    if dcount > 1:
+                        m.consumer.counts.pop(msg[0], None)
+                else:
+                    naks.append((m.consumer, msg, dcount))
+            if last_m is not None:
+                self._settle(last_m, mn)
+            if last_b is not None:
+                self._release(last_b, bn)
+            for c, msg, dcount in reversed(naks):
+                c.counts[msg[0]] = dcount
+                if delay_ms:
+                    due = now + delay_ms / 1000.0
+                    heapq.heappush(self._delayed, (due, next(self._tie), c, msg, dcount))
+                else:
+                    c.pending.appendleft(msg)
+        self._usage()
+
+    def _settle(self, m: Member, n: int) -> None:
+        m.inflight -= n
+        c = m.consumer
+        c.outstanding -= n
+        self.dirty.add(c)
+
+    def _progress(self, s: Session, first: int, n: int, now: float) -> None:
+        deliveries = s.deliveries
+        for did in range(first, first + n):
+            rec = deliveries.get(did)
+            if rec is not None:
+                c = rec[0].consumer
+                deadline = now + c.ack_wait
+                deliveries[did] = (rec[0], rec[1], deadline, rec[3])
+                c.timers.append((deadline, s, did, did))
+
+    # --- time ----------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        """Redeliver what passed its ack_wait or nak delay; expire parked publishes."""
+        delayed = self._delayed
+        while delayed and delayed[0][0] <= now:
+            _, _, c, msg, dcount = heapq.heappop(delayed)
+            c.counts[msg[0]] = dcount
+            c.pending.appendleft(msg)
+            self.dirty.add(c)
+        for c in self.consumers.values():
+            timers = c.timers
+            while timers and timers[0][0] <= now:
+                _, s, first, last = timers.popleft()
+                deliveries = s.deliveries
+                for did in range(first, last + 1):
+                    rec = deliveries.get(did)
+                    if rec is None or rec[0].consumer is not c or rec[2] > now:
+                        continue
+                    del deliveries[did]
+                    m, msg, _, dcount = rec
+                    m.inflight -= 1
+                    c.outstanding -= 1
+                    c.counts[msg[0]] = dcount
+                    c.pending.appendleft(msg)
+                    self.dirty.add(c)
+        if self.parked:
+            self._unpark(now)
+
+    def drop_session(self, s: Session) -> None:
+        """A client went away: its members leave, its parked publishes vanish."""
+        for m in list(s.members.values()):
+            self._leave(m)
+        s.members.clear()
+        s.deliveries.clear()
+        s.parked.clear()
+        self.parked.discard(s)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "store_used": self.alloc.used,
+            "store_size": self.alloc.size,
+            "consumers": {
+                name: {
+                    "pattern": c.pattern,
+                    "pending": len(c.pending),
+                    "unacked": c.outstanding,
+                    "members": len(c.members),
+                }
+                for name, c in self.consumers.items()
+            },
+        }

@@ -1,0 +1,466 @@
+"""The asyncio client: a thin driver over the sans-IO protocol.
+
+One ``ShmClient`` is one connection to ``klieo-shmd``. It owns the socket
+(through an ``asyncio.Protocol``), the client's tx arena (mapped read-write)
+and a read-only view of the broker's store.
+
+Writes are coalesced: every event queued during one loop iteration goes out
+in one ``transport.write``. Publishes are pipelined: concurrent ``publish``
+calls share one publish batch (one frame, one contiguous arena region) and
+each returns when the broker's ``PubAck`` for its batch arrives. Acks are
+fire-and-forget (as JetStream's ``msg.ack()``), merged into ranges, and sent
+before any later frame, so ``close()`` after ``ack()`` never loses the ack.
+
+Fork safety: the client remembers its pid; in a forked child the first use
+forgets the parent's connection and mappings (without touching them) and
+connects afresh. A client is used from one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final
+
+from .._errors import BusError, Closed, Full, ProtocolError
+from ..layout import SLOT, RingAllocator, open_arena, open_store, write_slot
+from ..protocol import (
+    ACK_KIND_ACK,
+    CLOSED,
+    MAX_BATCH,
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    PUBACK_OK,
+    AckBatch,
+    Call,
+    Connection,
+    DeliverBatch,
+    Error,
+    Event,
+    Hello,
+    Incoming,
+    PubAck,
+    PublishBatch,
+    Result,
+    StreamEnd,
+    Welcome,
+)
+from ..protocol._wire_errors import error_from_wire
+from ._maps import Mapping
+
+__all__ = ["ShmClient"]
+
+_BATCH_BYTES: Final = 4 << 20
+
+# Fork detection without a getpid() syscall per call: bumped in every child.
+_forks = [0]
+
+
+def _after_fork_in_child() -> None:
+    _forks[0] += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
+class _Proto(asyncio.Protocol):
+    def __init__(self, client: ShmClient) -> None:
+        self.client = client
+
+    def data_received(self, data: bytes) -> None:
+        self.client._on_data(self, data)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client._on_lost(self, exc)
+
+
+class ShmClient:
+    """One connection to the broker at ``socket_path``."""
+
+    def __init__(self, socket_path: str, name: str = "") -> None:
+        self.socket_path = socket_path
+        self.name = name or f"pid{os.getpid()}"
+        self._pid = -1
+        self._fork_gen = -1
+        self._lock: asyncio.Lock | None = None
+        self._closed = False
+        self.on_deliver: Callable[[DeliverBatch], None] = lambda ev: None
+        self.on_incoming: Callable[[Incoming], None] = lambda ev: None
+        self.on_stream_end: Callable[[StreamEnd], None] = lambda ev: None
+        self.on_lost: Callable[[BusError], None] = lambda exc: None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._proto: _Proto | None = None
+        self._transport: asyncio.Transport | None = None
+        self._conn = Connection("client")
+        self._welcome: Welcome | None = None
+        self._arena_map: Mapping | None = None
+        self._store_map: Mapping | None = None
+        self.arena = memoryview(b"")
+        self.store = memoryview(b"")
+        self._ring = RingAllocator(1 << 20)
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._acks: list[tuple[int, int, int, int]] = []
+        self._calls: dict[int, asyncio.Future[Any]] = {}
+        self._call_ids = itertools.count(1)
+        self._batch: list[tuple[bytes, bytes, bytes, asyncio.Future[None]]] = []
+        self._batch_nos = itertools.count(1)
+        self._inflight: deque[tuple[int, list[asyncio.Future[None]]]] = deque()
+        self._arena_waiters: list[asyncio.Future[None]] = []
+        self._handshake: asyncio.Future[Welcome] | None = None
+        self._lost: BusError | None = None
+
+    # --- connection ----------------------------------------------------------
+    @property
+    def max_payload(self) -> int:
+        return self._welcome.max_payload if self._welcome else 0
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    @property
+    def connected(self) -> bool:
+        return self._transport is not None and self._fork_gen == _forks[0] and self._lost is None
+
+    async def ensure(self) -> None:
+        """Connect if not connected (first use, after fork, after the broker
+        restarted). Raises ``Closed`` naming the socket when it cannot."""
+        if self._closed:
+            raise Closed(self.socket_path, "this bus was closed")
+        if self.connected:
+            return
+        if self._fork_gen != _forks[0]:  # fresh, or a forked child: forget, never touch
+            self._fork_gen = _forks[0]
+            self._pid = os.getpid()
+            self._lock = None
+            self._reset()
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if not self.connected:
+                await self._connect()
+
+    async def _connect(self) -> None:
+        if self._transport is not None or self._lost is not None:
+            self._teardown()
+            self._reset()
+        loop = asyncio.get_running_loop()
+        try:
+            transport, proto = await loop.create_unix_connection(
+                lambda: _Proto(self), self.socket_path
+            )
+        except OSError as exc:
+            raise Closed(
+                self.socket_path, f"cannot reach klieo-shmd: {exc.strerror or exc}"
+            ) from exc
+        assert isinstance(transport, asyncio.Transport)
+        self._transport, self._proto = transport, proto
+        self._handshake = loop.create_future()
+        self._write(self._conn.send(Hello(PROTOCOL_VERSION, os.getpid(), self.name)))
+        try:
+            welcome = await asyncio.wait_for(asyncio.shield(self._handshake), 10.0)
+        except TimeoutError:
+            self._teardown()
+            raise Closed(self.socket_path, "klieo-shmd did not answer the handshake") from None
+        except BusError:
+            self._teardown()
+            raise
+        try:
+            self._arena_map = Mapping(welcome.arena_name, welcome.arena_size, writable=True)
+            self._store_map = Mapping(welcome.store_name, welcome.store_size, writable=False)
+            self.arena = open_arena(self._arena_map.view, welcome.client_id)
+            self.store = open_store(self._store_map.view)
+        except (OSError, ValueError) as exc:
+            self._teardown()
+            raise Closed(self.socket_path, f"cannot map the broker's segments: {exc}") from exc
+        self._ring = RingAllocator(len(self.arena))
+        self._welcome = welcome
+
+    def _teardown(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+        self._transport = None
+        self.arena = self.store = memoryview(b"")
+        for m in (self._arena_map, self._store_map):
+            if m is not None:
+                m.close()
+        self._arena_map = self._store_map = None
+
+    async def close(self) -> None:
+        """Flush what is queued and close. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._fork_gen != _forks[0]:
+            return  # the parent's connection: not ours to close
+        if self._transport is not None and self._lost is None:
+            self._flush()
+            self._transport.close()
+        self._fail_all(Closed(self.socket_path, "this bus was closed"))
+        self._teardown()
+
+    # --- receiving -----------------------------------------------------------
+    def _on_data(self, proto: _Proto, data: bytes) -> None:
+        if proto is not self._proto:
+            return
+        conn = self._conn
+        conn.receive_data(data)
+        try:
+            while True:
+                ev = conn.next_event()
+                if ev is NEED_DATA or ev is CLOSED:
+                    return
+                if isinstance(ev, DeliverBatch):
+                    self.on_deliver(ev)
+                elif isinstance(ev, PubAck):
+                    self._on_puback(ev)
+                elif isinstance(ev, Result):
+                    self._on_result(ev)
+                elif isinstance(ev, Incoming):
+                    self.on_incoming(ev)
+                elif isinstance(ev, StreamEnd):
+                    self.on_stream_end(ev)
+                elif isinstance(ev, Welcome):
+                    if self._handshake is not None and not self._handshake.done():
+                        self._handshake.set_result(ev)
+                elif isinstance(ev, Error):
+                    self._lose(ProtocolError(f"klieo-shmd closed the connection: {ev.message}"))
+                    return
+        except ProtocolError as exc:
+            self._lose(exc)
+        finally:
+            if self._out:  # replies queued by handlers go out with no extra loop turn
+                self._flush()
+
+    def _on_lost(self, proto: _Proto, exc: Exception | None) -> None:
+        if proto is self._proto and not self._closed:
+            self._lose(Closed(self.socket_path, "klieo-shmd went away"))
+
+    def _lose(self, exc: BusError) -> None:
+        if self._lost is not None:
+            return
+        self._lost = exc
+        if self._handshake is not None and not self._handshake.done():
+            self._handshake.set_exception(exc)
+        if self._transport is not None:
+            self._transport.abort()
+        self._fail_all(exc)
+        self.on_lost(exc)
+
+    def _fail_all(self, exc: BusError) -> None:
+        calls, self._calls = self._calls, {}
+        for fut in calls.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        batch, self._batch = self._batch, []
+        for *_, fut in batch:
+            if not fut.done():
+                fut.set_exception(exc)
+        while self._inflight:
+            for fut in self._inflight.popleft()[1]:
+                if not fut.done():
+                    fut.set_exception(exc)
+        for w in self._arena_waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def _on_result(self, ev: Result) -> None:
+        fut = self._calls.pop(ev.call_id, None)
+        if fut is None or fut.done():
+            return
+        if ev.error_type:
+            fut.set_exception(error_from_wire(ev.error_type, ev.error_args))
+        else:
+            fut.set_result(ev.value)
+
+    def _on_puback(self, ev: PubAck) -> None:
+        if not self._inflight or self._inflight[0][0] != ev.batch_no:
+            self._lose(ProtocolError(f"PubAck for batch {ev.batch_no} out of order"))
+            return
+        _, futs = self._inflight.popleft()
+        self._ring.free_oldest()
+        if ev.status == PUBACK_OK:
+            for fut in futs:
+                if not fut.done():
+                    fut.set_result(None)
+        else:
+            err = Full(
+                "payload storage of klieo-shmd", self._welcome.store_size if self._welcome else None
+            )
+            for fut in futs:
+                if not fut.done():
+                    fut.set_exception(err)
+        waiters, self._arena_waiters = self._arena_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    # --- sending -------------------------------------------------------------
+    def _check_usable(self) -> None:
+        if self._lost is not None:
+            raise Closed(self.socket_path, f"connection lost: {self._lost}")
+
+    def _write(self, data: bytes) -> None:
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def send(self, event: Event) -> None:
+        """Queue ``event`` after everything queued before it (acks, publishes).
+
+        The first event of a loop turn is written at once (no added latency);
+        later ones in the same turn are coalesced into one write at its end.
+        """
+        self._check_usable()
+        self._pack_acks()
+        if self._batch:
+            self._pack_batches()
+        self._out.append(self._conn.send(event))
+        if not self._flush_scheduled:
+            self._flush()
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._lost is None and self._transport is not None:
+            self._pack_acks()
+            if self._batch:
+                self._pack_batches()
+            if self._out:
+                self._transport.write(b"".join(self._out))
+        self._out.clear()
+
+    async def call(self, method: str, args: dict[str, Any], timeout: float | None = None) -> Any:
+        """Send a ``Call`` and return the ``Result`` value (or raise its error)."""
+        if not self.connected:
+            await self.ensure()
+        call_id = next(self._call_ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._calls[call_id] = fut
+        self.send(Call(call_id, method, args))
+        if timeout is None:
+            return await fut
+        timer = asyncio.get_running_loop().call_later(timeout, _expire, fut)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
+            self._calls.pop(call_id, None)
+
+    # --- acks ----------------------------------------------------------------
+    def ack(self, delivery_id: int, kind: int = ACK_KIND_ACK, delay_ms: int = 0) -> None:
+        """Queue one ack/nak/term/progress; merged into ranges at flush."""
+        if self._lost is not None or self._transport is None:
+            return  # the broker already handed this delivery to others
+        acks = self._acks
+        if acks:
+            first, n, k, d = acks[-1]
+            if k == kind and d == delay_ms and first + n == delivery_id:
+                acks[-1] = (first, n + 1, k, d)
+                return
+        acks.append((delivery_id, 1, kind, delay_ms))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _pack_acks(self) -> None:
+        acks = self._acks
+        while acks:
+            chunk, self._acks = acks[:MAX_BATCH], acks[MAX_BATCH:]
+            acks = self._acks
+            self._out.append(self._conn.send(AckBatch(list(chunk))))
+
+    # --- publish -------------------------------------------------------------
+    def publish_nowait(
+        self, subject: bytes, headers: bytes, payload: bytes
+    ) -> asyncio.Future[None]:
+        """Queue one message; the future resolves at its batch's ``PubAck``
+        (or fails with ``Full``/``Closed``). The caller has called
+        :meth:`ensure` and checked the payload limit."""
+        self._check_usable()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._batch.append((subject, headers, payload, fut))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return fut
+
+    def _pack_batches(self) -> None:
+        """Move queued messages into the arena as batches; what does not fit
+        waits for PubAcks to free arena room (bounded by PUBLISH_TIMEOUT)."""
+        # a batch takes at most a quarter of the ring, so several are in flight
+        limit = min(_BATCH_BYTES, self._ring.capacity // 4)
+        frame_limit = self._conn.max_frame - 4096  # descriptors + subjects
+        while self._batch:
+            take, size, frame = 0, SLOT.size, 0
+            for subj, hdr, pay, _ in self._batch:
+                n = len(hdr) + len(pay)
+                f = len(subj) + 16
+                if take and (take == MAX_BATCH or size + n > limit or frame + f > frame_limit):
+                    break
+                take += 1
+                size += n
+                frame += f
+            off = self._ring.alloc(size)
+            if off is None:
+                self._wait_for_arena()
+                return
+            batch, self._batch = self._batch[:take], self._batch[take:]
+            batch_no = next(self._batch_nos)
+            arena = self.arena
+            write_slot(arena, off, self._welcome.client_id if self._welcome else 0, size, batch_no)
+            pos = SLOT.size
+            descs: list[tuple[int, ...]] = []
+            for subj, hdr, pay, _ in batch:
+                start = off + pos
+                if hdr:
+                    arena[start : start + len(hdr)] = hdr
+                p = start + len(hdr)
+                arena[p : p + len(pay)] = pay
+                descs.append((pos, len(hdr), len(pay), len(subj)))
+                pos += len(hdr) + len(pay)
+            subjects = b"".join([b[0] for b in batch])
+            # SYNC POINT: arena bytes and slot tag written above, before the
+            # frame naming them is sent; the broker reads them after receiving it.
+            self._out.append(self._conn.send(PublishBatch(batch_no, off, size, descs, subjects)))
+            self._inflight.append((batch_no, [b[3] for b in batch]))
+
+    def _wait_for_arena(self) -> None:
+        """No room in the ring: retry when the next PubAck frees some. Bounded
+        because every batch in flight gets its PubAck within the broker's
+        publish timeout (or the connection is lost and everything fails)."""
+        if not self._inflight:  # nothing will free room: cannot happen while limits hold
+            err = Full("tx arena", len(self.arena))
+            batch, self._batch = self._batch, []
+            for *_, fut in batch:
+                if not fut.done():
+                    fut.set_exception(err)
+            return
+        if self._arena_waiters:
+            return  # already waiting for a PubAck to free room
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._arena_waiters.append(waiter)
+
+        def retry(_: object) -> None:
+            if self._lost is None and self._batch:
+                self._flush()
+
+        waiter.add_done_callback(retry)

@@ -1,0 +1,297 @@
+"""``KvStore`` over the broker, on top of ``ShmClient``.
+
+Reads take no round trip: ``get`` looks the key up in the broker's KV table,
+mapped read-only (``layout.kv_table.KvTableReader``: written out of place by
+the broker, published by an atomic switch, read with a seqlock-style
+recheck, never torn). The table is mapped lazily, on the first ``get``; when
+the broker grows the table the old one reports ``KvTableRetired`` and the
+client asks ``kv_info`` for the current segment and remaps. A ``get`` that
+keeps racing a writer (``KvReadContended``, not expected in practice) asks
+the broker instead.
+
+Writes, ``keys``, watches and leases are calls to the broker (see
+``daemon._kv``). Values travel inline in the call (one copy through the
+socket, bounded by ``max_payload``), not through the tx arena: the arena's
+ring is freed in publish-ack order, which a KV call does not follow.
+
+A watch is a stream the broker feeds over the control connection: a pump
+task keeps one ``kv_watch_next`` call outstanding, which the broker answers
+with the next batch of changes as soon as there is one.
+
+Lifetimes: the mapping and its reader live until the bus closes, the
+connection is lost, or the table is retired; ``get`` returns fresh ``bytes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections import deque
+from typing import Any, Final
+
+import posix_ipc
+
+from .._errors import BusError, Closed, InvalidArgument, PayloadTooLarge
+from .._handles import KvWatch, Lease
+from .._interfaces import KvStore
+from .._names import validate_bucket, validate_key, validate_key_pattern
+from .._values import KvChange, KvEntry, Revision, as_bytes, check_duration
+from ..layout.kv_table import KvReadContended, KvTableReader, KvTableRetired
+from ..protocol import Connection
+from ._client import ShmClient
+from ._maps import Mapping
+
+__all__ = ["ShmKvStore"]
+
+_VALID_CACHE: Final = 10_000
+_REMAP_ATTEMPTS: Final = 16
+
+
+class _Watch:
+    """One watch's queue of changes (the ``KvWatch`` impl)."""
+
+    def __init__(self, owner: ShmKvStore, watch_id: int, bucket: str) -> None:
+        self._owner = owner
+        self.watch_id = watch_id
+        self.bucket = bucket
+        self.items: deque[KvChange] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.closed = False
+        self.error: BusError | None = None
+        self.pump: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def next(self) -> KvChange | None:
+        while True:
+            if self.items:
+                return self.items.popleft()
+            if self.error is not None:
+                raise self.error
+            if self.closed:
+                return None
+            self.waiter = asyncio.get_running_loop().create_future()
+            await self.waiter
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.items.clear()
+        self.wake()
+        await self._owner._unwatch(self)
+
+    async def run_pump(self, client: ShmClient) -> None:
+        """Keep one ``kv_watch_next`` outstanding; queue what it brings."""
+        bucket, args = self.bucket, {"watch_id": self.watch_id}
+        try:
+            while not self.closed:
+                changes = await client.call("kv_watch_next", args)
+                if changes is None:
+                    self.closed = True
+                    break
+                items = self.items
+                for key, value, revision, deleted in changes:
+                    if deleted:
+                        items.append(KvChange(bucket, key, b"", revision, "delete"))
+                    else:
+                        items.append(KvChange(bucket, key, value, revision))
+                self.wake()
+        except BusError as exc:
+            if not self.closed:
+                self.error = exc
+        finally:
+            self.wake()
+
+
+class _LeaseImpl:
+    __slots__ = ("_args", "_client")
+
+    def __init__(self, client: ShmClient, bucket: str, key: str, token: int) -> None:
+        self._client = client
+        self._args = {"bucket": bucket, "key": key, "token": token}
+
+    async def heartbeat(self) -> None:
+        await self._client.call("kv_heartbeat", self._args)
+
+    async def release(self) -> None:
+        await self._client.call("kv_release", self._args)
+
+
+class ShmKvStore(KvStore):
+    """KvStore over one ``ShmClient``."""
+
+    def __init__(self, client: ShmClient) -> None:
+        self._client = client
+        self._reader: KvTableReader | None = None
+        self._map: Mapping | None = None
+        self._mapped_on: Connection | None = None
+        self._valid: set[tuple[str, str]] = set()
+        self._watches: dict[int, _Watch] = {}
+        self._ids = itertools.count(1)
+
+    # --- reads ---------------------------------------------------------------
+    def _check(self, bucket: str, key: str) -> None:
+        validate_bucket(bucket)
+        validate_key(key)
+        valid = self._valid
+        if len(valid) >= _VALID_CACHE:
+            valid.clear()
+        valid.add((bucket, key))
+
+    async def get(self, bucket: str, key: str) -> KvEntry | None:
+        # The hot path: no await that suspends, no syscall (see the bench's W4).
+        reader = self._reader
+        client = self._client
+        if reader is None or self._mapped_on is not client._conn or client._lost is not None:
+            return await self._get_slow(bucket, key)
+        if type(bucket) is not str or type(key) is not str or (bucket, key) not in self._valid:
+            self._check(bucket, key)
+        try:
+            found = reader.get(bucket, key)
+        except KvTableRetired:
+            return await self._get_slow(bucket, key)
+        except KvReadContended:
+            return await self._get_from_broker(bucket, key)
+        return None if found is None else KvEntry(found[0], found[1])
+
+    async def _get_slow(self, bucket: str, key: str) -> KvEntry | None:
+        self._check(bucket, key)
+        for _ in range(_REMAP_ATTEMPTS):
+            reader = await self._current_reader()
+            try:
+                found = reader.get(bucket, key)
+            except KvTableRetired:
+                continue  # grown again meanwhile
+            except KvReadContended:
+                break
+            return None if found is None else KvEntry(found[0], found[1])
+        return await self._get_from_broker(bucket, key)
+
+    async def _get_from_broker(self, bucket: str, key: str) -> KvEntry | None:
+        found = await self._client.call("kv_get", {"bucket": bucket, "key": key})
+        return None if found is None else KvEntry(found[0], found[1])
+
+    async def _current_reader(self) -> KvTableReader:
+        """A reader over the broker's live table, (re)mapping as needed."""
+        client = self._client
+        await client.ensure()
+        reader = self._reader
+        if reader is not None and self._mapped_on is client._conn and not reader.retired:
+            return reader
+        self._unmap()
+        for _ in range(_REMAP_ATTEMPTS):
+            info = await client.call("kv_info", {})
+            try:
+                mapping = Mapping(str(info["name"]), int(info["size"]), writable=False)
+            except posix_ipc.ExistentialError:
+                continue  # the broker replaced that table between the answer and now
+            except (posix_ipc.Error, OSError, ValueError) as exc:
+                raise Closed(client.socket_path, f"cannot map the KV table: {exc}") from exc
+            try:
+                reader = KvTableReader(mapping.view)
+            except ValueError as exc:
+                mapping.close()
+                raise Closed(client.socket_path, f"bad KV table segment: {exc}") from exc
+            if self._reader is not None:  # another task mapped it meanwhile
+                reader.close()
+                mapping.close()
+                return self._reader
+            self._reader, self._map, self._mapped_on = reader, mapping, client._conn
+            return reader
+        raise Closed(client.socket_path, "the KV table kept changing while being mapped")
+
+    def _unmap(self) -> None:
+        reader, mapping = self._reader, self._map
+        self._reader = self._map = None
+        self._mapped_on = None
+        if reader is not None:
+            reader.close()
+        if mapping is not None:
+            mapping.close()
+
+    # --- writes --------------------------------------------------------------
+    async def _value(self, bucket: str, key: str, value: bytes) -> bytes:
+        if type(bucket) is not str or type(key) is not str or (bucket, key) not in self._valid:
+            self._check(bucket, key)
+        data = value if type(value) is bytes else as_bytes(value, "value")
+        client = self._client
+        if not client.connected:
+            await client.ensure()
+        if len(data) > client.max_payload:
+            raise PayloadTooLarge(len(data), client.max_payload)
+        return data
+
+    async def put(self, bucket: str, key: str, value: bytes) -> Revision:
+        data = await self._value(bucket, key, value)
+        rev = await self._client.call("kv_put", {"bucket": bucket, "key": key, "value": data})
+        return int(rev)
+
+    async def cas(self, bucket: str, key: str, value: bytes, expected: Revision | None) -> Revision:
+        if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int)):
+            raise InvalidArgument("expected", expected, "must be a revision (int) or None")
+        data = await self._value(bucket, key, value)
+        args = {"bucket": bucket, "key": key, "value": data, "expected": expected}
+        return int(await self._client.call("kv_cas", args))
+
+    async def delete(self, bucket: str, key: str) -> None:
+        self._check(bucket, key)
+        await self._client.call("kv_delete", {"bucket": bucket, "key": key})
+
+    async def keys(self, bucket: str) -> list[str]:
+        validate_bucket(bucket)
+        return [str(k) for k in await self._client.call("kv_keys", {"bucket": bucket})]
+
+    # --- watches -------------------------------------------------------------
+    async def watch(self, bucket: str, pattern: str = ">") -> KvWatch:
+        validate_bucket(bucket)
+        validate_key_pattern(pattern)
+        client = self._client
+        await client.ensure()
+        w = _Watch(self, next(self._ids), bucket)
+        self._watches[w.watch_id] = w
+        args: dict[str, Any] = {"watch_id": w.watch_id, "bucket": bucket, "pattern": pattern}
+        try:
+            await client.call("kv_watch", args)
+        except BaseException:
+            self._watches.pop(w.watch_id, None)
+            raise
+        w.pump = asyncio.get_running_loop().create_task(w.run_pump(client))
+        return KvWatch(w)
+
+    async def _unwatch(self, w: _Watch) -> None:
+        if self._watches.pop(w.watch_id, None) is None:
+            return
+        client = self._client
+        if client.connected:
+            # the broker answers the pump's outstanding call with "ended"
+            with contextlib.suppress(BusError):
+                await client.call("kv_unwatch", {"watch_id": w.watch_id})
+        if w.pump is not None and not w.pump.done():
+            w.pump.cancel()
+
+    # --- leases --------------------------------------------------------------
+    async def lease(self, bucket: str, key: str, ttl: float) -> Lease:
+        self._check(bucket, key)
+        ttl = check_duration("ttl", ttl, positive=True)
+        client = self._client
+        token = int(await client.call("kv_lease", {"bucket": bucket, "key": key, "ttl": ttl}))
+        return Lease(bucket, key, ttl, token, _LeaseImpl(client, bucket, key, token))
+
+    # --- lifetime ------------------------------------------------------------
+    def end_all(self, error: BusError | None) -> None:
+        """End every watch (quietly, or raising ``error``) and unmap the table."""
+        watches, self._watches = self._watches, {}
+        for w in watches.values():
+            if error is None:
+                w.closed = True
+            else:
+                w.error = error
+            if w.pump is not None and not w.pump.done():
+                w.pump.cancel()
+            w.wake()
+        self._unmap()

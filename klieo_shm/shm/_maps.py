@@ -1,0 +1,42 @@
+"""Mapping the broker's segments from a client.
+
+Lifetimes (LMDB style): a ``Mapping.view`` is valid until :meth:`close`.
+Bytes read from the store view are valid only until the delivery they belong
+to is acked -- the client copies them out before handing a ``Msg`` to user
+code, so user code never sees store memory.
+"""
+
+from __future__ import annotations
+
+import mmap
+
+import posix_ipc
+
+__all__ = ["Mapping"]
+
+
+class Mapping:
+    """A named segment mapped read-only (the store) or read-write (the arena)."""
+
+    __slots__ = ("_map", "name", "view")
+
+    def __init__(self, name: str, size: int, *, writable: bool) -> None:
+        self.name = name
+        shm = posix_ipc.SharedMemory(name, 0, read_only=not writable)
+        try:
+            if shm.size < size:
+                raise ValueError(f"segment {name} has {shm.size} bytes, expected {size}")
+            prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+            self._map = mmap.mmap(shm.fd, size, mmap.MAP_SHARED, prot)
+        finally:
+            shm.close_fd()
+        self.view = memoryview(self._map)
+
+    def close(self) -> None:
+        """Unmap. Idempotent; a still-referenced slice keeps it mapped until GC."""
+        view, self.view = self.view, memoryview(b"")
+        try:
+            view.release()
+            self._map.close()
+        except BufferError:  # a slice is still alive somewhere: the GC unmaps it
+            pass

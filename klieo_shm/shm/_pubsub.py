@@ -1,0 +1,337 @@
+"""``Pubsub`` and ``RequestReply`` over the broker, on top of ``ShmClient``.
+
+Publish contract on shm: ``await publish(...)`` returns once the broker has
+stored the message for every matching durable (its ``PubAck``). Concurrent
+publishes from one connection are pipelined into shared batches, so N tasks
+publishing at once cost about one round trip, not N (JetStream users reach
+the same effect with ``publish_async``).
+
+Acks (``Msg.ack/nak/term/in_progress``) do not wait for the broker; they are
+merged into ranged ack frames sent before anything else this connection sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import itertools
+from collections import deque
+from typing import Any
+
+import msgpack
+
+from .._errors import BusError, Closed, PayloadTooLarge, Timeout
+from .._handles import Msg, MsgStream, Service
+from .._interfaces import Handler, Pubsub, RequestReply
+from .._names import validate_durable, validate_subject, validate_subject_pattern
+from .._values import Headers, as_bytes, check_duration, check_headers
+from ..protocol import (
+    ACK_KIND_ACK,
+    ACK_KIND_NAK,
+    ACK_KIND_PROGRESS,
+    ACK_KIND_TERM,
+    Connection,
+    DeliverBatch,
+    Incoming,
+    Respond,
+    StreamEnd,
+)
+from ..protocol._frames import DELIVER_DESC
+from ._client import ShmClient
+
+__all__ = ["ShmPubsub", "ShmRequestReply"]
+
+
+class _Ack:
+    """A delivery's ack handle; a no-op once its connection is gone (the
+    broker has then handed the delivery to another member)."""
+
+    __slots__ = ("_client", "_conn", "_did")
+
+    def __init__(self, client: ShmClient, conn: Connection, did: int) -> None:
+        self._client = client
+        self._conn = conn
+        self._did = did
+
+    def _send(self, kind: int, delay_ms: int = 0) -> None:
+        if self._client._conn is self._conn:
+            self._client.ack(self._did, kind, delay_ms)
+
+    async def ack(self) -> None:
+        self._send(ACK_KIND_ACK)
+
+    async def nak(self, delay: float) -> None:
+        self._send(ACK_KIND_NAK, min(int(delay * 1000), 0xFFFFFFFF))
+
+    async def term(self) -> None:
+        self._send(ACK_KIND_TERM)
+
+    async def in_progress(self) -> None:
+        self._send(ACK_KIND_PROGRESS)
+
+
+class _Sub:
+    """One member's queue of deliveries (the ``MsgStream`` impl)."""
+
+    def __init__(self, owner: ShmPubsub, sub_id: int) -> None:
+        self._owner = owner
+        self.sub_id = sub_id
+        self.items: deque[Msg] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.closed = False
+        self.error: BusError | None = None
+
+    def wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def next(self) -> Msg | None:
+        while True:
+            if self.items:
+                return self.items.popleft()
+            if self.error is not None:
+                raise self.error
+            if self.closed:
+                return None
+            self.waiter = asyncio.get_running_loop().create_future()
+            await self.waiter
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.items.clear()
+        self.wake()
+        await self._owner._unsubscribe(self)
+
+
+class ShmPubsub(Pubsub):
+    """Pubsub over one ``ShmClient``."""
+
+    def __init__(self, client: ShmClient) -> None:
+        self._client = client
+        self._subs: dict[int, _Sub] = {}
+        self._ids = itertools.count(1)
+        self._subjects: dict[bytes, str] = {}
+        self._valid: dict[str, bytes] = {}  # subjects already validated
+        client.on_deliver = self._on_deliver
+        client.on_stream_end = self._on_stream_end
+
+    async def publish(self, subject: str, payload: bytes, headers: Headers | None = None) -> None:
+        client = self._client
+        if not client.connected:
+            await client.ensure()
+        await self.publish_async(subject, payload, headers)
+
+    def publish_async(
+        self, subject: str, payload: bytes, headers: Headers | None = None
+    ) -> asyncio.Future[None]:
+        """Like JetStream's ``publish_async``: queue the message and return at
+        once a future that resolves when the broker stored it (or fails with
+        ``Full``/``Closed``). Argument errors raise here, synchronously.
+
+        Not part of the ``Pubsub`` interface: the way to publish without a
+        round trip, or a task, per message. Messages are stored in call order.
+        Must be called from the bus's event loop.
+        """
+        subj = self._valid.get(subject) if type(subject) is str else None
+        if subj is None:
+            subj = validate_subject(subject).encode()
+            if len(self._valid) >= 10000:
+                self._valid.clear()
+            self._valid[subject] = subj
+        data = payload if type(payload) is bytes else as_bytes(payload)
+        if headers is None:
+            hdr = b""
+        else:
+            hdrs = check_headers(headers)
+            hdr = msgpack.packb(hdrs, use_bin_type=True) if hdrs else b""
+        client = self._client
+        if not client.connected:
+            return asyncio.ensure_future(self.publish(subject, payload, headers))
+        if len(data) > client.max_payload:
+            raise PayloadTooLarge(len(data), client.max_payload)
+        return client.publish_nowait(subj, hdr, data)
+
+    async def subscribe(
+        self, subject: str, durable: str, *, ack_wait: float | None = None
+    ) -> MsgStream:
+        validate_subject_pattern(subject)
+        validate_durable(durable)
+        if ack_wait is not None:
+            ack_wait = check_duration("ack_wait", ack_wait, positive=True)
+        await self._client.ensure()
+        sub = _Sub(self, next(self._ids))
+        self._subs[sub.sub_id] = sub
+        args: dict[str, Any] = {"sub_id": sub.sub_id, "subject": subject, "durable": durable}
+        if ack_wait is not None:
+            args["ack_wait"] = ack_wait
+        try:
+            await self._client.call("subscribe", args)
+        except BaseException:
+            self._subs.pop(sub.sub_id, None)
+            raise
+        return MsgStream(sub)
+
+    async def delete_durable(self, durable: str) -> None:
+        await self._client.call("delete_durable", {"durable": validate_durable(durable)})
+
+    async def _unsubscribe(self, sub: _Sub) -> None:
+        if self._subs.pop(sub.sub_id, None) is None:
+            return
+        client = self._client
+        if client.connected:
+            # if gone already, the broker returned its deliveries then
+            with contextlib.suppress(BusError):
+                await client.call("unsubscribe", {"sub_id": sub.sub_id})
+
+    def _on_deliver(self, ev: DeliverBatch) -> None:
+        sub = self._subs.get(ev.sub_id)
+        if sub is None or sub.closed:
+            return  # closed: the broker hands these to others on unsubscribe
+        client = self._client
+        conn = client._conn
+        store = client.store
+        subjects, names = ev.subjects, self._subjects
+        pos = 0
+        items = sub.items
+        for did, dcount, seq, off, hl, pl, sl in DELIVER_DESC.iter_unpack(ev.descs):
+            raw = subjects[pos : pos + sl]
+            pos += sl
+            name = names.get(raw)
+            if name is None:
+                if len(names) > 10000:
+                    names.clear()
+                name = names[raw] = raw.decode()
+            # SYNC POINT: reads store bytes the broker wrote before sending this frame.
+            headers = msgpack.unpackb(store[off : off + hl], raw=False) if hl else {}
+            payload = bytes(store[off + hl : off + hl + pl])
+            items.append(Msg(name, payload, headers, seq, dcount, _Ack(client, conn, did)))
+        sub.wake()
+
+    def _on_stream_end(self, ev: StreamEnd) -> None:
+        sub = self._subs.pop(ev.sub_id, None)
+        if sub is not None:
+            sub.closed = True
+            sub.wake()
+
+    def end_all(self, error: BusError | None) -> None:
+        """End every stream: quietly (``error`` None) or raising ``error``."""
+        subs, self._subs = self._subs, {}
+        for sub in subs.values():
+            if error is None:
+                sub.closed = True
+            else:
+                sub.error = error
+            sub.wake()
+
+
+class _Svc:
+    def __init__(self, owner: ShmRequestReply, svc_id: int) -> None:
+        self._owner = owner
+        self.svc_id = svc_id
+
+    async def stop(self) -> None:
+        await self._owner._unserve(self.svc_id)
+
+
+class ShmRequestReply(RequestReply):
+    """Request/reply over one ``ShmClient``; payloads travel inline in
+    control frames (one copy each way through the socket)."""
+
+    def __init__(self, client: ShmClient) -> None:
+        self._client = client
+        self._handlers: dict[int, Handler] = {}
+        self._ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._valid: set[str] = set()  # subjects already validated
+        client.on_incoming = self._on_incoming
+
+    async def request(self, subject: str, payload: bytes, timeout: float) -> bytes:
+        if subject not in self._valid:
+            validate_subject(subject)
+            if len(self._valid) >= 10000:
+                self._valid.clear()
+            self._valid.add(subject)
+        data = payload if type(payload) is bytes else as_bytes(payload)
+        timeout = check_duration("timeout", timeout)
+        client = self._client
+        if not client.connected:
+            await client.ensure()
+        if len(data) > client.max_payload:
+            raise PayloadTooLarge(len(data), client.max_payload)
+        args = {"subject": subject, "payload": data, "timeout": timeout}
+        try:
+            value = await client.call("request", args, timeout=timeout)
+        except TimeoutError:
+            raise Timeout(f"request on {subject!r}", timeout) from None
+        if not isinstance(value, bytes):
+            raise BusError(f"malformed reply to request on {subject!r}")
+        return value
+
+    async def serve(self, subject: str, handler: Handler) -> Service:
+        validate_subject(subject)
+        if not callable(handler):
+            raise TypeError("handler must be callable")
+        await self._client.ensure()
+        svc_id = next(self._ids)
+        self._handlers[svc_id] = handler
+        try:
+            await self._client.call("serve", {"subject": subject, "svc_id": svc_id})
+        except BaseException:
+            self._handlers.pop(svc_id, None)
+            raise
+        return Service(subject, _Svc(self, svc_id))
+
+    async def _unserve(self, svc_id: int) -> None:
+        if self._handlers.pop(svc_id, None) is None:
+            return
+        if self._client.connected:
+            with contextlib.suppress(Closed, BusError):
+                await self._client.call("unserve", {"svc_id": svc_id})
+
+    def _on_incoming(self, ev: Incoming) -> None:
+        handler = self._handlers.get(ev.svc_id)
+        conn = self._client._conn
+        if handler is None:
+            self._reply(conn, Respond(ev.req_id, b"service stopped", "Closed"))
+            return
+        try:
+            out = handler(ev.payload)
+        except Exception as exc:
+            self._reply(conn, Respond(ev.req_id, str(exc).encode(), type(exc).__name__))
+            return
+        if inspect.isawaitable(out):
+            task = asyncio.ensure_future(self._finish(conn, ev.req_id, out))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            self._reply(conn, self._respond(ev.req_id, out))
+
+    async def _finish(self, conn: Connection, req_id: int, out: Any) -> None:
+        try:
+            value = await out
+        except Exception as exc:
+            self._reply(conn, Respond(req_id, str(exc).encode(), type(exc).__name__))
+            return
+        self._reply(conn, self._respond(req_id, value))
+
+    def _respond(self, req_id: int, value: object) -> Respond:
+        try:
+            data = as_bytes(value, "reply")
+            if len(data) > self._client.max_payload:
+                raise PayloadTooLarge(len(data), self._client.max_payload)
+        except BusError as exc:
+            return Respond(req_id, str(exc).encode(), type(exc).__name__)
+        return Respond(req_id, data)
+
+    def _reply(self, conn: Connection, resp: Respond) -> None:
+        client = self._client
+        if client._conn is conn and client.connected:
+            with contextlib.suppress(BusError):
+                client.send(resp)
+
+    def end_all(self) -> None:
+        self._handlers.clear()

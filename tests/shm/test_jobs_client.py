@@ -1,0 +1,118 @@
+"""The shm JobQueue client: prefetch and giving back, cancelled claims,
+pipelined enqueues, fenced resolutions near the deadline, hostile calls."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from shm_helpers import RawClient, running_broker
+
+import klieo_shm
+from klieo_shm import Job
+from klieo_shm.protocol import Call, Error, Event, Result
+
+
+def _raw_call(sock: str, call: Call) -> list[Event]:
+    """One call from a raw connection (run in a thread: the broker runs in
+    the test's loop); the events that came back."""
+    with RawClient(sock) as raw:
+        raw.hello()
+        raw.send(call)
+        return raw.read(1)
+
+
+async def test_a_fast_worker_gets_several_jobs_per_round_trip_and_close_gives_back_the_rest(
+    sock: str,
+) -> None:
+    async with running_broker(sock), await klieo_shm.connect(f"shm://{sock}") as producer:
+        ids = await asyncio.gather(
+            *(producer.jobs.enqueue("deep", Job(b"%d" % i)) for i in range(2000))
+        )
+        assert len(set(ids)) == 2000
+        worker = await klieo_shm.connect(f"shm://{sock}")
+        for _ in range(50):
+            job = await worker.jobs.claim("deep", "fast", 30.0)
+            assert job is not None
+            await job.ack()
+        stats = await worker.jobs.stats("deep")  # same bus: after its acks
+        prefetched = stats.claimed
+        assert prefetched > 0, "a worker claiming in a tight loop should prefetch"
+        assert stats.ready + prefetched == 2000 - 50
+
+        await worker.close()
+
+        stats = await producer.jobs.stats("deep")
+        assert (stats.ready, stats.claimed) == (1950, 0)
+        attempts = set()
+        for _ in range(prefetched):
+            job = await producer.jobs.claim("deep", "next", 30.0)
+            assert job is not None
+            attempts.add(job.attempt)
+        assert attempts == {1}, "giving back unstarted claims must not count attempts"
+
+
+async def test_a_cancelled_claim_leaves_nothing_claimed(sock: str) -> None:
+    async with running_broker(sock), await klieo_shm.connect(f"shm://{sock}") as bus:
+        claiming = asyncio.ensure_future(bus.jobs.claim("idle", "w", 30.0))
+        await asyncio.sleep(0.1)  # parked in the broker: the case under test
+        claiming.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await claiming
+
+        await bus.jobs.enqueue("idle", Job(b"later"))
+        job = await bus.jobs.claim("idle", "w", 30.0)
+
+        assert job is not None
+        assert job.attempt == 1
+        assert (await bus.jobs.stats("idle")).claimed == 1
+        await job.ack()
+
+
+async def test_an_ack_is_seen_by_the_next_call_on_the_same_bus(sock: str) -> None:
+    async with running_broker(sock), await klieo_shm.connect(f"shm://{sock}") as bus:
+        await bus.jobs.enqueue("seen", Job(b"x"))
+        job = await bus.jobs.claim("seen", "w", 30.0)
+        assert job is not None
+
+        await job.ack()  # queued, not awaited: the broker must still see it first
+        stats = await bus.jobs.stats("seen")
+
+        assert (stats.ready, stats.claimed) == (0, 0)
+
+
+async def test_a_stale_claim_of_another_session_cannot_be_resolved(sock: str) -> None:
+    async with running_broker(sock), await klieo_shm.connect(f"shm://{sock}") as bus:
+        job_id = await bus.jobs.enqueue("mine", Job(b"x"))
+        job = await bus.jobs.claim("mine", "w", 30.0)
+        assert job is not None
+        call = Call(1, "jobs_resolve", {"r": [["mine", job_id, job.token, 0, None]]})
+        [answer] = await asyncio.to_thread(_raw_call, sock, call)
+        assert isinstance(answer, Result)
+        assert answer.error_type == "Conflict"
+        assert (await bus.jobs.stats("mine")).claimed == 1
+        await job.ack()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"r": [["q", "id", "not-a-token", 0]]},
+        {"r": "garbage"},
+        {"q": "q", "p": [1, 2, 3]},
+    ],
+    ids=["short-entry", "not-a-list", "non-bytes-payloads"],
+)
+async def test_malformed_job_calls_fail_that_call_or_connection_only(
+    sock: str, args: dict[str, object]
+) -> None:
+    async with running_broker(sock), await klieo_shm.connect(f"shm://{sock}") as bus:
+        await bus.jobs.enqueue("ok", Job(b"x"))
+        method = "jobs_enqueue" if "p" in args else "jobs_resolve"
+        events = await asyncio.to_thread(_raw_call, sock, Call(1, method, args))
+        assert events, "the broker must answer or close with an error"
+        first = events[0]
+        assert isinstance(first, Error) or (isinstance(first, Result) and first.error_type)
+        job = await bus.jobs.claim("ok", "w", 30.0)
+        assert job is not None
+        await job.ack()

@@ -1,0 +1,124 @@
+"""The shm client: fork safety, stream ends, redelivery details of the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+from shm_helpers import running_broker
+
+import klieo_shm
+from klieo_shm.shm import ShmPubsub
+
+
+async def test_forked_child_reconnects_and_leaves_the_parent_connection_alone(sock: str) -> None:
+    async with running_broker(sock):
+        bus = await klieo_shm.connect(f"shm://{sock}")
+        stream = await bus.pubsub.subscribe("fork.x", "d")
+        await bus.pubsub.publish("fork.x", b"from-parent")
+        pid = os.fork()
+        if pid == 0:  # the child: same bus object, must open its own connection
+            code = 1
+            try:
+                asyncio.events._set_running_loop(None)
+                asyncio.run(bus.pubsub.publish("fork.x", b"from-child"))
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        got = set()
+        for _ in range(2):
+            msg = await stream.next(timeout=10)
+            assert msg is not None
+            await msg.ack()
+            got.add(msg.payload)
+        assert got == {b"from-parent", b"from-child"}
+        await bus.pubsub.publish("fork.x", b"parent-still-works")
+        msg = await stream.next(timeout=10)
+        assert msg is not None
+        assert msg.payload == b"parent-still-works"
+        await bus.close()
+
+
+async def test_deleting_a_durable_ends_its_members_streams(sock: str) -> None:
+    async with running_broker(sock):
+        bus = await klieo_shm.connect(f"shm://{sock}")
+        stream = await bus.pubsub.subscribe("del.x", "gone")
+        await bus.pubsub.publish("del.x", b"x")
+        await bus.pubsub.delete_durable("gone")
+        # a delivery made before the delete may still come; then the end
+        for _ in range(2):
+            if await stream.next(timeout=10) is None:
+                break
+        else:
+            raise AssertionError("stream did not end")
+        await bus.close()
+
+
+async def test_headers_and_large_payload_round_trip(sock: str) -> None:
+    async with running_broker(sock):
+        bus = await klieo_shm.connect(f"shm://{sock}")
+        stream = await bus.pubsub.subscribe("big.>", "d")
+        big = os.urandom(8 << 20)
+        await bus.pubsub.publish("big.one", big, {"k": "v", "ü": "ß"})
+        msg = await stream.next(timeout=30)
+        assert msg is not None
+        assert msg.payload == big
+        assert msg.headers == {"k": "v", "ü": "ß"}
+        assert msg.subject == "big.one"
+        await msg.ack()
+        await bus.close()
+
+
+async def test_concurrent_publishes_share_batches_and_keep_order(sock: str) -> None:
+    async with running_broker(sock):
+        bus = await klieo_shm.connect(f"shm://{sock}")
+        stream = await bus.pubsub.subscribe("ord.x", "d")
+        await asyncio.gather(*[bus.pubsub.publish("ord.x", b"%d" % i) for i in range(2000)])
+        seqs, payloads = [], []
+        for _ in range(2000):
+            msg = await stream.next(timeout=10)
+            assert msg is not None
+            seqs.append(msg.seq)
+            payloads.append(msg.payload)
+            await msg.ack()
+        assert seqs == sorted(seqs)
+        assert payloads == [b"%d" % i for i in range(2000)]
+        await bus.close()
+
+
+async def test_publish_async_pipelines_without_a_task_per_message(sock: str) -> None:
+    async with running_broker(sock):
+        bus = await klieo_shm.connect(f"shm://{sock}")
+        pubsub = bus.pubsub
+        assert isinstance(pubsub, ShmPubsub)
+        stream = await pubsub.subscribe("pa.x", "d")
+        futures = [pubsub.publish_async("pa.x", b"%d" % i) for i in range(5000)]
+        await asyncio.gather(*futures)
+        for i in range(5000):
+            msg = await stream.next(timeout=10)
+            assert msg is not None
+            assert msg.payload == b"%d" % i
+            await msg.ack()
+        with pytest.raises(klieo_shm.InvalidArgument):
+            pubsub.publish_async("bad subject", b"")
+        await bus.close()
+
+
+async def test_many_long_subjects_are_split_into_frames_under_the_limit(sock: str) -> None:
+    async with running_broker(sock, max_payload=64 * 1024, arena_size=1 << 20):
+        bus = await klieo_shm.connect(f"shm://{sock}")
+        pubsub = bus.pubsub
+        assert isinstance(pubsub, ShmPubsub)
+        subject = "long." + ".".join(["t" * 60] * 16)  # ~1 KB
+        stream = await pubsub.subscribe("long.>", "d")
+        n = 3000  # ~3 MB of subjects: over the 1 MiB + 64 KiB frame limit
+        await asyncio.gather(*[pubsub.publish_async(subject, b"") for _ in range(n)])
+        for _ in range(n):
+            msg = await stream.next(timeout=10)
+            assert msg is not None
+            assert msg.subject == subject
+            await msg.ack()
+        await bus.close()
