@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
+from .. import __version__
 from .._errors import BusError, Closed, HandlerError, InvalidArgument, NotFound, ProtocolError
 from .._names import validate_durable, validate_subject, validate_subject_pattern
 from .._values import check_duration
@@ -132,6 +133,7 @@ class Broker:
     """All broker state. ``clock`` is monotonic seconds (tests may fake it)."""
 
     def __init__(self, config: BrokerConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.started_at = time.time()
         self.config = config
         self.clock = clock
         self.pid = os.getpid()
@@ -370,6 +372,9 @@ class Broker:
 
     def _c_stats(self, s: Session, ev: Call, now: float) -> object:
         return {
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "uptime": time.time() - self.started_at,
             "pid": self.pid,
             "clients": [
                 {"client_id": x.client_id, "pid": x.pid, "name": x.name}
@@ -377,6 +382,7 @@ class Broker:
             ],
             **self.pubsub.stats(),
             **self.kv.stats(),
+            "kv_buckets": {b: len(self.kv.table.keys(b)) for b in self.kv.table.buckets()},
             "queues": self.jobs.summary(),
             "services": {k: len(v) for k, v in self.services.items()},
         }
