@@ -86,4 +86,5 @@ def not_served(backend_id: str, module: str, function: str, params: dict[str, ob
 BACKENDS: dict[str, Callable[[], contextlib.AbstractContextManager[Backend]]] = {
     "memory": memory_backend,
     "shm": shm_backend,
+    "nats": nats_backend,
 }
