@@ -220,6 +220,7 @@ class ClaimedJob(_Handle[h.ClaimedJob]):
     attempt = property(lambda self: self._inner.attempt)
     token = property(lambda self: self._inner.token)
     dedup_key = property(lambda self: self._inner.dedup_key)
+    max_attempts = property(lambda self: self._inner.max_attempts)
 
     def __repr__(self) -> str:
         return repr(self._inner)

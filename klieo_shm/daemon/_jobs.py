@@ -60,9 +60,12 @@ MAX_JOBS: Final = 1_000_000
 """Most live jobs (ready, delayed, claimed) per broker before enqueue waits."""
 MAX_CLAIM_BATCH: Final = 256
 MAX_CLAIM_WAIT: Final = 30.0
-PREFETCH_SHARE: Final = 4
-"""A claim asking for several jobs gets at most this fraction (1/N) of the
-ready ones (and at least one): small queues stay fair to other workers."""
+PREFETCH_MIN_READY: Final = 16
+"""A claim asking for several jobs gets more than one only when at least
+this many are ready, and then at most an equal share of them among the
+sessions that claimed from the queue in the last ``ACTIVE_WINDOW`` seconds:
+small queues stay exact and fair to other workers."""
+ACTIVE_WINDOW: Final = 1.0
 
 # resolve kinds (``jobs_resolve`` entries)
 ACK: Final = 0
@@ -162,7 +165,7 @@ class _Held:
 
 
 class _Queue:
-    __slots__ = ("dead", "delayed", "jobs", "name", "ready", "tokens", "waiters")
+    __slots__ = ("claimers", "dead", "delayed", "jobs", "name", "ready", "tokens", "waiters")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -173,6 +176,7 @@ class _Queue:
         self.dead: dict[str, list[Any]] = {}
         self.tokens = 0
         self.waiters: deque[_Waiter] = deque()
+        self.claimers: dict[Session, float] = {}  # session -> time of its last claim
 
 
 class _Internal:
@@ -291,23 +295,31 @@ class JobsState:
             options: dict[int, tuple[str | None, int | None]] = {i: (d, m) for i, d, m in extra}
             bucket = f"dedup.{q.name}"
             new = []
-            for k, (job_id, payload) in enumerate(zip(ids, payloads, strict=True)):
-                dedup, max_attempts = options.get(k, (None, None))
-                if dedup is not None:
-                    record = self.dedup.get(bucket, dedup)
-                    if record is not None:
-                        ids[k] = parse_dedup_record(record)[0]
-                        size -= len(payload)
-                        continue
-                    self.dedup.create(bucket, dedup, dedup_record(job_id))
-                new.append(_Job(q, job_id, payload, dedup, max_attempts or DEFAULT_MAX_ATTEMPTS))
+            try:
+                for k, (job_id, payload) in enumerate(zip(ids, payloads, strict=True)):
+                    dedup, max_attempts = options.get(k, (None, None))
+                    if dedup is not None:
+                        record = self.dedup.get(bucket, dedup)
+                        if record is not None:
+                            ids[k] = parse_dedup_record(record)[0]
+                            continue
+                        self.dedup.create(bucket, dedup, dedup_record(job_id))
+                    attempts = max_attempts or DEFAULT_MAX_ATTEMPTS
+                    new.append(_Job(q, job_id, payload, dedup, attempts))
+            finally:  # a full KV fails the call; what it already recorded exists
+                size = sum(len(j.payload) for j in new)
+                self._insert(q, new, size)
+            return ids
+        self._insert(q, new, size)
+        return ids
+
+    def _insert(self, q: _Queue, new: list[_Job], size: int) -> None:
         q.jobs.update([(j.id, j) for j in new])
         q.ready.extend(new)
         self.live += len(new)
         self.live_bytes += size
         if new and q.waiters:
             self._serve_waiters(q)
-        return ids
 
     def _unpark(self, now: float) -> None:
         parked = self.parked
@@ -351,7 +363,7 @@ class JobsState:
 
     def _take(self, s: Session, q: _Queue, n: int, ttl: float, now: float) -> list[Any]:
         ready = q.ready
-        n = max(1, min(n, len(ready) // PREFETCH_SHARE)) if n > 1 else 1
+        n = self._share(s, q, n, now)
         deadline = now + ttl
         token = q.tokens
         batch = []
@@ -374,6 +386,21 @@ class JobsState:
             held = self.held[s] = _Held()
         held.add(s, batch)
         return [deadline, out]
+
+    @staticmethod
+    def _share(s: Session, q: _Queue, n: int, now: float) -> int:
+        """How many of the ``n`` jobs asked for a claim gets (see PREFETCH_MIN_READY)."""
+        claimers = q.claimers
+        claimers[s] = now
+        avail = len(q.ready)
+        if n <= 1 or avail < PREFETCH_MIN_READY:
+            return 1
+        since = now - ACTIVE_WINDOW
+        if len(claimers) > 64:
+            for gone in [c for c, t in claimers.items() if t < since or c.closed]:
+                del claimers[gone]
+        active = sum(1 for t in claimers.values() if t >= since)
+        return max(1, min(n, avail // max(1, active)))
 
     def _serve_waiters(self, q: _Queue) -> None:
         waiters = q.waiters
@@ -427,7 +454,7 @@ class JobsState:
                 job.deadline = now + job.ttl
                 heapq.heappush(self._leases, (job.deadline, next(self._tie), [job]))
             elif kind == NAK:
-                self._end(job, "nak", float(arg), now)
+                self._end(job, "nak", check_duration("delay", arg), now)
             elif kind == DEAD:
                 self._bury(job, str(arg), now)
                 freed = True
@@ -573,6 +600,8 @@ class JobsState:
                 for job in batch:
                     if job.session is s and job.state == _CLAIMED:
                         self._end(job, "worker gone", 0.0, now)
+        for q in self.queues.values():
+            q.claimers.pop(s, None)
         for q in list(self.waiting):
             q.waiters = deque(w for w in q.waiters if w.session is not s)
             if not q.waiters:

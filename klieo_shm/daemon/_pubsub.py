@@ -176,7 +176,10 @@ class PubsubState:
             raise NotFound("durable", name)
         self.routes.clear()
         for m in list(c.members):
-            self._leave(m)
+            # Its unacked deliveries stay with the session until acked or the
+            # session ends: their frames may still be in flight, so their
+            # store blocks must not be reused before the client copied them.
+            c.members.remove(m)
             m.session.members.pop(m.sub_id, None)
             m.session.send(StreamEnd(m.sub_id, f"durable {name!r} was deleted"))
         for msg in c.pending:
@@ -452,6 +455,8 @@ class PubsubState:
         for m in list(s.members.values()):
             self._leave(m)
         s.members.clear()
+        for rec in s.deliveries.values():  # left: deliveries of deleted durables
+            self._release(rec[1][3])
         s.deliveries.clear()
         s.parked.clear()
         self.parked.discard(s)

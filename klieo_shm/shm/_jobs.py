@@ -17,13 +17,17 @@ Speed without changing the contract:
   extra claims wait in this bus and are handed out by later ``claim`` calls;
   a claim handed out with less than half its lease left is heartbeated first.
   Closing the bus gives unstarted ones back without counting an attempt.
-- **Fenced fire-and-forget resolutions.** Broker and clients share one host
-  and so one monotonic clock: while a claim's lease has comfortably more than
-  ``_margin(ttl)`` left, nobody else can hold the job, so ``ack``, ``nak``,
-  ``dead_letter`` and ``heartbeat`` are queued (merged into one notification
-  per loop turn, sent before this queue's next call) and return at once.
-  Nearer the deadline they wait for the broker's answer, which raises
-  :class:`~klieo_shm.Conflict` when the claim was taken over.
+- **Fenced resolutions without a round trip.** A claim's lease runs from
+  when the broker received the claim (or heartbeat), never earlier than when
+  this client sent it; so while ``sent + ttl`` is more than ``_margin(ttl)``
+  away, nobody else can hold the job. Then ``ack``, ``nak``, ``dead_letter``
+  and ``heartbeat`` are written to the socket as a notification and return
+  without waiting for the broker's answer (once they return, the broker gets
+  them even if this process is killed). Nearer the deadline they wait for
+  the answer, which raises :class:`~klieo_shm.Conflict` when the claim was
+  taken over. A notification that reaches the broker too late after all
+  (this event loop blocked for longer than the margin) is logged there and
+  the job is retried: at-least-once still holds.
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ CLAIM_WAIT: Final = 1.0
 PREFETCH_MAX: Final = 256
 _ENQUEUE_BATCH_BYTES: Final = 512 * 1024
 _ENQUEUE_BATCH_COUNT: Final = 4096
+_RESOLVE_BATCH: Final = 4096
+_MAX_REASON: Final = 4096
+"""Longest dead-letter reason kept (characters)."""
 
 _ACK: Final = 0
 _NAK: Final = 1
@@ -65,8 +72,8 @@ def _margin(ttl: float) -> float:
 
 
 class _Claim:
-    """``ClaimImpl`` of one claim: the job, its token and its lease deadline
-    (broker clock == this host's monotonic clock)."""
+    """``ClaimImpl`` of one claim: the job, its token and a lower bound of its
+    lease deadline on this process's monotonic clock."""
 
     __slots__ = ("conn", "deadline", "job_id", "owner", "queue", "token", "ttl")
 
@@ -98,7 +105,7 @@ class _Claim:
         await self.owner._resolve(self, _NAK, delay)
 
     async def dead_letter(self, reason: str) -> None:
-        await self.owner._resolve(self, _DEAD, reason)
+        await self.owner._resolve(self, _DEAD, reason[:_MAX_REASON])
 
 
 _Key = tuple[str, str, float]
@@ -136,7 +143,7 @@ class ShmJobQueue(JobQueue):
         self._enq: dict[str, list[tuple[Job, asyncio.Future[str]]]] = {}
         self._enq_scheduled = False
         self._buffers: dict[_Key, deque[ClaimedJob]] = {}
-        self._rate: dict[_Key, tuple[float, float]] = {}  # key -> (last claim, mean gap)
+        self._rate: dict[_Key, tuple[float, int]] = {}  # key -> (last answer, jobs in it)
         self._cids = itertools.count(1)
         self._notes = itertools.count(-1, -1)
         self._queues: set[str] = set()
@@ -169,7 +176,9 @@ class ShmJobQueue(JobQueue):
         client = self._client
         if self._pending_conn is not client._conn or not client.connected:
             return  # that connection's claims ended with it
-        client.send(Call(next(self._notes), "jobs_resolve", {"r": pending}))
+        for i in range(0, len(pending), _RESOLVE_BATCH):
+            chunk = pending[i : i + _RESOLVE_BATCH]
+            client.send(Call(next(self._notes), "jobs_resolve", {"r": chunk}))
 
     def _queue_resolution(self, claim: _Claim, entry: list[Any]) -> None:
         if self._pending and self._pending_conn is not claim.conn:
@@ -189,7 +198,11 @@ class ShmJobQueue(JobQueue):
             and client.connected
             and now < claim.deadline - _margin(claim.ttl)
         ):
-            self._queue_resolution(claim, entry)
+            if self._pending and self._pending_conn is not claim.conn:
+                self._drain()
+            self._pending_conn = claim.conn
+            self._pending.append(entry)
+            self._drain_soon()  # in the kernel before we return: survives our SIGKILL
             if kind == _BEAT:
                 claim.deadline = now + claim.ttl
             return
@@ -323,6 +336,7 @@ class ShmJobQueue(JobQueue):
             "cid": cid,
         }
         conn = client._conn
+        sent = time.monotonic()
         task = self._call_nowait("jobs_claim", args)
         client._flush()
         try:
@@ -332,11 +346,14 @@ class ShmJobQueue(JobQueue):
             raise
         if not isinstance(answer, list) or len(answer) != 2:
             raise BusError(f"malformed answer to claim on {queue!r}")
-        deadline, items = answer
+        _, items = answer
         self._rate[key] = (time.monotonic(), len(items))
         if not items:
             return None
-        jobs = [self._make(conn, queue, ttl, float(deadline), item) for item in items]
+        # The broker's deadline is its receipt time + ttl, so never before ours:
+        # no clock shared with the broker is assumed.
+        deadline = sent + ttl
+        jobs = [self._make(conn, queue, ttl, deadline, item) for item in items]
         if len(jobs) > 1:
             self._buffers.setdefault(key, deque()).extend(jobs[1:])
         return jobs[0]

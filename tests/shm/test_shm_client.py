@@ -122,3 +122,21 @@ async def test_many_long_subjects_are_split_into_frames_under_the_limit(sock: st
             assert msg.subject == subject
             await msg.ack()
         await bus.close()
+
+
+async def test_deleting_a_durable_frees_its_storage_once_its_members_let_go(sock: str) -> None:
+    async with running_broker(sock) as server:
+        store = server.broker.pubsub.alloc
+        bus = await klieo_shm.connect(f"shm://{sock}")
+        stream = await bus.pubsub.subscribe("free.x", "gone")
+        for i in range(20):
+            await bus.pubsub.publish("free.x", b"%d" % i)
+        first = await stream.next(timeout=10)  # delivered, not acked
+        assert first is not None
+        assert store.used > 0
+        await bus.pubsub.delete_durable("gone")
+        await bus.close()  # the member's session ends: nothing may stay pinned
+        other = await klieo_shm.connect(f"shm://{sock}")
+        await other.pubsub.publish("free.y", b"sync")  # a round trip after the close
+        assert store.used == 0
+        await other.close()

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 import klieo_shm
+from klieo_shm._values import parse_dedup_record
 from klieo_shm.daemon import leftover_segments, spawn_daemon
 
 WAIT = 60.0
@@ -180,3 +181,27 @@ def test_sigterm_to_a_pool_mid_job_finishes_the_job_and_exits_0(broker: str) -> 
     stats = asyncio.run(_stats(broker, "term"))
     assert stats.claimed == 0
     assert stats.ready + stats.delayed == 3 - sum(_runs().values())
+
+
+def test_worker_marks_dedup_records_done_in_kv_before_acking(broker: str) -> None:
+    async def enqueue() -> list[str]:
+        async with await klieo_shm.connect(broker) as bus:
+            jobs = [klieo_shm.Job(b"keyed-%d" % i, dedup_key=f"k{i}") for i in range(20)]
+            return [await bus.jobs.enqueue("keyed", job) for job in jobs]
+
+    ids = asyncio.run(enqueue())
+    with _processes(_worker(broker, "keyed", "recording_handler")) as (proc,):
+        pass
+
+    async def records() -> list[tuple[str, bool]]:
+        async with await klieo_shm.connect(broker) as bus:
+            out = []
+            for i in range(20):
+                entry = await bus.kv.get("dedup.keyed", f"k{i}")
+                assert entry is not None
+                out.append(parse_dedup_record(entry.value))
+            return out
+
+    assert proc.returncode == 0
+    assert asyncio.run(records()) == [(job_id, True) for job_id in ids]
+    assert _runs() == {b"keyed-%d" % i: 1 for i in range(20)}
