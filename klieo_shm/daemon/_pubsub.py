@@ -89,6 +89,7 @@ class Consumer:
         "outstanding",
         "pattern",
         "pending",
+        "redelivered",
         "rr",
         "timers",
     )
@@ -102,6 +103,7 @@ class Consumer:
         self.members: list[Member] = []
         self.rr = 0
         self.outstanding = 0
+        self.redelivered = 0  # deliveries with delivery_count > 1, for status
         # (deadline, session, first delivery id, last delivery id), deadline order
         self.timers: deque[tuple[float, Session, int, int]] = deque()
 
@@ -338,7 +340,12 @@ class PubsubState:
             pack_id, popleft = DELIVER_ID.pack, pending.popleft
             for did in range(first, first + take):
                 msg = popleft()
-                dcount = counts.pop(msg[0], 0) + 1 if counts else 1
+                if counts:
+                    dcount = counts.pop(msg[0], 0) + 1
+                    if dcount > 1:
+                        c.redelivered += 1
+                else:
+                    dcount = 1
                 deliveries[did] = (m, msg, deadline, dcount)
                 parts.append(pack_id(did, dcount))
                 parts.append(msg[2])
@@ -470,6 +477,7 @@ class PubsubState:
                     "pattern": c.pattern,
                     "pending": len(c.pending),
                     "unacked": c.outstanding,
+                    "redelivered": c.redelivered,
                     "members": len(c.members),
                 }
                 for name, c in self.consumers.items()

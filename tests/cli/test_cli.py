@@ -90,11 +90,17 @@ def test_status_shows_clients_consumers_queues_and_buckets(
     klieo_bus.jobs.enqueue(f"{klieo_names}-q", Job(b"j"))
     klieo_bus.kv.put(f"{klieo_names}.b", "k", b"v")
     try:
+        first = stream.next(timeout=30)
+        assert first is not None
+        first.nak()
+        again = stream.next(timeout=30)  # the broker has counted the redelivery
+        assert again is not None
+        assert again.delivery_count == 2
         stats = cli_json(klieo_url, "status")
         assert os.getpid() in {c["pid"] for c in stats["clients"]}
         consumer = stats["consumers"][klieo_names]
         assert consumer["members"] == 1
-        assert consumer["pending"] + consumer["unacked"] == 1
+        assert (consumer["pending"], consumer["unacked"], consumer["redelivered"]) == (0, 1, 1)
         assert stats["queues"][f"{klieo_names}-q"]["ready"] == 1
         assert stats["kv_buckets"][f"{klieo_names}.b"] == 1
         assert stats["store_size"] > 0
