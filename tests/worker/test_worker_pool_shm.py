@@ -1,6 +1,6 @@
 """The worker runtime across processes on a real klieo-shmd: a worker killed
 with SIGKILL mid-run, handlers that raise or hang past their lease, SIGTERM
-mid-job. Each test has its own broker on a private socket."""
+mid-job. They share the pytest plugin's broker (one per xdist worker)."""
 
 from __future__ import annotations
 
@@ -21,26 +21,23 @@ import pytest
 
 import klieo_shm
 from klieo_shm._values import parse_dedup_record
-from klieo_shm.daemon import leftover_segments, spawn_daemon
 
 WAIT = 60.0
 
 
 @pytest.fixture
-def broker(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A klieo-shmd on a private socket; KLIEO_TEST_DIR holds the run logs
-    and the coordination pipes (see ``pool_workers``)."""
+def broker(klieo_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The pytest plugin's broker for this xdist worker (each test here uses
+    its own queue names); KLIEO_TEST_DIR holds the run logs and the
+    coordination pipes (see ``pool_workers``)."""
     directory = tempfile.mkdtemp(prefix="klieo-w-", dir="/tmp")
-    sock = os.path.join(directory, "k.sock")
     for name in ("started", "go"):
         os.mkfifo(os.path.join(directory, name))
     monkeypatch.setenv("KLIEO_TEST_DIR", directory)
     try:
-        with spawn_daemon(sock):
-            yield f"shm://{sock}"
+        yield klieo_url
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    assert not leftover_segments(sock)
 
 
 def _runs() -> collections.Counter[bytes]:
