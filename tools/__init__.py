@@ -1,0 +1,1 @@
+"""Developer tools for klieo_shm (not part of the installed package)."""

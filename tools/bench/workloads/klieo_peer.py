@@ -1,0 +1,423 @@
+"""The klieo_shm adapter: only the package's public API.
+
+* ``klieo``: the asyncio API (``bus = await klieo_shm.connect(url)``) for W1-W6.
+  Publishes and enqueues are pipelined by keeping ``WINDOW`` calls in flight with
+  ``asyncio.gather``; consumers ack every message.
+* ``klieo-sync``: the blocking API (``klieo_shm.sync.connect(url)``) for the
+  call-and-return workloads W3 (client side), W4 and W5.
+
+To benchmark a new API (for example batch publishes), add a role function and an
+``Impl`` here and list it in a ``Peer``: the suite picks up every peer in ``PEERS``.
+The backend is the ``klieo`` server URL: by default a ``klieo-shmd`` started for the
+run, or ``--klieo-url`` (which may also be ``memory://`` or ``nats://...``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from multiprocessing.context import SpawnContext
+from typing import Any
+
+from tools.bench.workloads.base import (
+    Impl,
+    Latencies,
+    Peer,
+    Role,
+    RoleContext,
+    RoleResult,
+    RunParams,
+    counter_shared,
+    job_counter,
+    now,
+    payload,
+    warmup_count,
+)
+
+FAMILY = "klieo"
+WINDOW = 64  # publishes / enqueues in flight on the asyncio API
+LEASE_TTL = 30.0
+
+
+# A BusError whose text says the backend does not offer the operation yet is reported
+# as "skipped" (via NotImplementedError), not as a failure. Raising NotImplementedError
+# (or a dedicated BusError subclass) from klieo_shm would make this text match unneeded.
+_UNSUPPORTED_HINTS = ("not served", "not supported", "not implemented")
+
+AsyncRole = Callable[[RoleContext], Awaitable[RoleResult]]
+SyncRole = Callable[[RoleContext], RoleResult]
+
+
+def _unsupported(exc: Exception) -> bool:
+    import klieo_shm
+
+    text = str(exc).lower()
+    return isinstance(exc, klieo_shm.BusError) and any(h in text for h in _UNSUPPORTED_HINTS)
+
+
+def _arole(fn: AsyncRole) -> AsyncRole:
+    @functools.wraps(fn)
+    async def role(rc: RoleContext) -> RoleResult:
+        try:
+            return await fn(rc)
+        except Exception as exc:
+            if _unsupported(exc):
+                raise NotImplementedError(f"klieo_shm: {exc}") from exc
+            raise
+
+    return role
+
+
+def _srole(fn: SyncRole) -> SyncRole:
+    @functools.wraps(fn)
+    def role(rc: RoleContext) -> RoleResult:
+        try:
+            return fn(rc)
+        except Exception as exc:
+            if _unsupported(exc):
+                raise NotImplementedError(f"klieo_shm: {exc}") from exc
+            raise
+
+    return role
+
+
+async def _maybe(value: Any) -> Any:
+    """The contract leaves some calls (subscribe, serve, stop, close) sync or async."""
+    return await value if inspect.isawaitable(value) else value
+
+
+async def _connect(rc: RoleContext) -> Any:
+    import klieo_shm
+
+    return await klieo_shm.connect(rc.params.urls["klieo"])
+
+
+def _sync_connect(rc: RoleContext) -> Any:
+    import klieo_shm.sync
+
+    return klieo_shm.sync.connect(rc.params.urls["klieo"])
+
+
+def _subject(params: RunParams) -> str:
+    return f"bench.{params.run_id}.m"
+
+
+def _done_shared(ctx: SpawnContext, params: RunParams) -> dict[str, Any]:
+    return {"client_done": ctx.Event()}
+
+
+# -------------------------------------------------------------------------------- probe
+
+
+async def probe(rc: RoleContext) -> RoleResult:
+    bus = await _connect(rc)
+    try:
+        missing = [n for n in ("pubsub", "requests", "kv", "jobs") if not hasattr(bus, n)]
+        if missing:
+            raise RuntimeError(f"Bus lacks {', '.join(missing)}")
+        await rc.aready()
+    finally:
+        await _maybe(bus.close())
+    return {}
+
+
+def probe_impl() -> Impl:
+    return Impl((Role("probe", probe),))
+
+
+# ------------------------------------------------------------------------------ pub/sub
+
+
+async def _windowed(rc: RoleContext, call: Any, what: str) -> None:
+    for start in range(0, rc.count, WINDOW):
+        n = min(WINDOW, rc.count - start)
+        await asyncio.gather(*(call() for _ in range(n)))
+        rc.check(what)
+
+
+@_arole
+async def publisher(rc: RoleContext) -> RoleResult:
+    bus = await _connect(rc)
+    subject, data = _subject(rc.params), payload(rc.size)
+    publish = bus.pubsub.publish
+    await rc.aready()
+    t0 = now()
+    async with asyncio.timeout(max(0.01, rc.remaining())):
+        await _windowed(rc, lambda: publish(subject, data), "publishing")
+    await _maybe(bus.close())
+    return {"t0": t0}
+
+
+@_arole
+async def subscriber(rc: RoleContext) -> RoleResult:
+    bus = await _connect(rc)
+    durable = f"d{rc.options['durable']}{rc.params.run_id}"
+    stream = await _maybe(bus.pubsub.subscribe(_subject(rc.params), durable))
+    await rc.aready()
+    got = 0
+    async with asyncio.timeout(max(0.01, rc.remaining())):
+        async for msg in stream:
+            await msg.ack()
+            got += 1
+            if got >= rc.count:
+                break
+    t1 = now()
+    await _maybe(stream.close())
+    await _maybe(bus.close())
+    return {"t1": t1, "n": got}
+
+
+def _pubsub(subscribers: int) -> Impl:
+    return Impl(
+        (
+            Role("publisher", publisher),
+            *(Role(f"subscriber{i}", subscriber, {"durable": i}) for i in range(subscribers)),
+        )
+    )
+
+
+# ------------------------------------------------------------------------ request/reply
+
+
+def _echo(data: bytes) -> bytes:
+    return data
+
+
+@_arole
+async def server(rc: RoleContext) -> RoleResult:
+    bus = await _connect(rc)
+    service = await _maybe(bus.requests.serve(_subject(rc.params), _echo))
+    await rc.aready()
+    done = rc.shared["client_done"]
+    if not await asyncio.to_thread(done.wait, max(0.01, rc.remaining())):
+        raise TimeoutError("the client did not finish before the deadline")
+    await _maybe(service.stop())
+    await _maybe(bus.close())
+    return {}
+
+
+@_arole
+async def client(rc: RoleContext) -> RoleResult:
+    bus = await _connect(rc)
+    request = bus.requests.request
+    subject, data = _subject(rc.params), payload(rc.size)
+    lat = Latencies()
+    clock = time.perf_counter_ns
+    await rc.aready()
+    try:
+        for _ in range(warmup_count(rc.count)):
+            await request(subject, data, 5.0)
+        for i in range(rc.count):
+            t = clock()
+            await request(subject, data, 5.0)
+            lat.add(clock() - t)
+            if not i & 1023:
+                rc.check("requesting")
+    finally:
+        rc.shared["client_done"].set()
+    await _maybe(bus.close())
+    return lat.summary("rtt")
+
+
+@_srole
+def sync_client(rc: RoleContext) -> RoleResult:
+    subject, data = _subject(rc.params), payload(rc.size)
+    lat = Latencies()
+    clock = time.perf_counter_ns
+    try:
+        with _sync_connect(rc) as bus:
+            request = bus.requests.request
+            rc.ready()
+            for _ in range(warmup_count(rc.count)):
+                request(subject, data, 5.0)
+            for i in range(rc.count):
+                t = clock()
+                request(subject, data, 5.0)
+                lat.add(clock() - t)
+                if not i & 1023:
+                    rc.check("requesting")
+    finally:
+        rc.shared["client_done"].set()
+    return lat.summary("rtt")
+
+
+# ----------------------------------------------------------------------------------- kv
+
+
+@_arole
+async def kv_client(rc: RoleContext) -> RoleResult:
+    bus = await _connect(rc)
+    kv, bucket, value = bus.kv, f"b{rc.params.run_id}", payload(rc.size)
+    rev = await kv.put(bucket, "k", value)
+    for _ in range(warmup_count(rc.count)):
+        await kv.get(bucket, "k")
+    clock = time.perf_counter_ns
+    await rc.aready()
+    out: RoleResult = {}
+    for op in ("get", "put", "cas"):
+        lat = Latencies()
+        for _ in range(rc.count):
+            t = clock()
+            if op == "get":
+                await kv.get(bucket, "k")
+            elif op == "put":
+                rev = await kv.put(bucket, "k", value)
+            else:
+                rev = await kv.cas(bucket, "k", value, expected=rev)
+            lat.add(clock() - t)
+        out.update(lat.summary(op))
+        rc.check(f"kv {op}")
+    await _maybe(bus.close())
+    return out
+
+
+@_srole
+def sync_kv_client(rc: RoleContext) -> RoleResult:
+    bucket, value = f"b{rc.params.run_id}", payload(rc.size)
+    clock = time.perf_counter_ns
+    out: RoleResult = {}
+    with _sync_connect(rc) as bus:
+        kv = bus.kv
+        rev = kv.put(bucket, "k", value)
+        for _ in range(warmup_count(rc.count)):
+            kv.get(bucket, "k")
+        rc.ready()
+        for op in ("get", "put", "cas"):
+            lat = Latencies()
+            for _ in range(rc.count):
+                t = clock()
+                if op == "get":
+                    kv.get(bucket, "k")
+                elif op == "put":
+                    rev = kv.put(bucket, "k", value)
+                else:
+                    rev = kv.cas(bucket, "k", value, expected=rev)
+                lat.add(clock() - t)
+            out.update(lat.summary(op))
+            rc.check(f"kv {op}")
+    return out
+
+
+# --------------------------------------------------------------------------------- jobs
+
+
+@_arole
+async def producer(rc: RoleContext) -> RoleResult:
+    from klieo_shm import Job
+
+    bus = await _connect(rc)
+    queue, data = f"q{rc.params.run_id}", payload(rc.size)
+    enqueue = bus.jobs.enqueue
+    await rc.aready()
+    t0 = now()
+    async with asyncio.timeout(max(0.01, rc.remaining())):
+        await _windowed(rc, lambda: enqueue(queue, Job(data)), "enqueueing")
+    await _maybe(bus.close())
+    return {"t0": t0}
+
+
+@_arole
+async def worker(rc: RoleContext) -> RoleResult:
+    bus = await _connect(rc)
+    queue, claim = f"q{rc.params.run_id}", bus.jobs.claim
+    counter = job_counter(rc)
+    await rc.aready()
+    n, t1 = 0, 0.0
+    while True:
+        job = await claim(queue, rc.role, LEASE_TTL)
+        if job is None:
+            if counter.done():
+                break
+            rc.check(f"claiming ({n} done)")
+            continue
+        await job.ack()
+        t1 = now()
+        n += 1
+        counter.add(1)
+    await _maybe(bus.close())
+    return {"t1": t1, "n": n} if n else {"n": 0}
+
+
+@_srole
+def sync_producer(rc: RoleContext) -> RoleResult:
+    from klieo_shm import Job
+
+    queue, data = f"q{rc.params.run_id}", payload(rc.size)
+    with _sync_connect(rc) as bus:
+        enqueue = bus.jobs.enqueue
+        rc.ready()
+        t0 = now()
+        for i in range(rc.count):
+            enqueue(queue, Job(data))
+            if not i & 1023:
+                rc.check("enqueueing")
+    return {"t0": t0}
+
+
+@_srole
+def sync_worker(rc: RoleContext) -> RoleResult:
+    queue = f"q{rc.params.run_id}"
+    counter = job_counter(rc)
+    n, t1 = 0, 0.0
+    with _sync_connect(rc) as bus:
+        claim = bus.jobs.claim
+        rc.ready()
+        while True:
+            job = claim(queue, rc.role, LEASE_TTL)
+            if job is None:
+                if counter.done():
+                    break
+                rc.check(f"claiming ({n} done)")
+                continue
+            job.ack()
+            t1 = now()
+            n += 1
+            counter.add(1)
+    return {"t1": t1, "n": n} if n else {"n": 0}
+
+
+def _jobs(prod: Any, work: Any) -> Impl:
+    return Impl(
+        (Role("producer", prod), Role("worker1", work), Role("worker2", work)),
+        make_shared=counter_shared,
+    )
+
+
+_REQ = ("klieo_shm",)
+_SRV = ("klieo",)
+PEERS = [
+    Peer(
+        name="klieo",
+        family=FAMILY,
+        label="durable",
+        what=f"klieo_shm asyncio API; publish/enqueue {WINDOW} in flight; ack per message",
+        impls={
+            "W1": _pubsub(1),
+            "W2": _pubsub(1),
+            "W3": Impl((Role("server", server), Role("client", client)), make_shared=_done_shared),
+            "W4": Impl((Role("client", kv_client),)),
+            "W5": _jobs(producer, worker),
+            "W6": _pubsub(3),
+        },
+        requires=_REQ,
+        servers=_SRV,
+    ),
+    Peer(
+        name="klieo-sync",
+        family=FAMILY,
+        label="durable",
+        what="klieo_shm blocking API (klieo_shm.sync); W3 server on the asyncio API",
+        impls={
+            "W3": Impl(
+                (Role("server", server), Role("client", sync_client)), make_shared=_done_shared
+            ),
+            "W4": Impl((Role("client", sync_kv_client),)),
+            "W5": _jobs(sync_producer, sync_worker),
+        },
+        requires=_REQ,
+        servers=_SRV,
+    ),
+]
