@@ -43,23 +43,25 @@ def plan(bus: sync.Bus, queue: str, run: str, n: int) -> None:
         bus.jobs.enqueue(queue, klieo_shm.Job(json.dumps(task).encode(), dedup_key=f"{run}-{i}"))
 
 
-def progress_bar(bus: sync.Bus, prefix: str, total: int, done: threading.Event) -> None:
-    """Redraw a bar from the shared counter until ``done`` is set."""
-    start = time.monotonic()
-    while True:
-        finished = done.wait(0.1)
-        entry = bus.kv.get(f"{prefix}.progress", "done")
-        count = int(entry.value) if entry else 0
-        width = 40
+def progress_bar(stream: sync.MsgStream, total: int, done: threading.Event) -> None:
+    """Count the agents' announcements from a durable and redraw a bar until
+    every task reported or ``done`` is set."""
+    start, count, width = time.monotonic(), 0, 40
+    while count < total and not done.is_set():
+        try:
+            msg = stream.next(timeout=0.2)
+        except klieo_shm.Timeout:
+            continue
+        if msg is None:
+            break
+        msg.ack()
+        count += 1
         filled = width * count // max(total, 1)
         rate = count / max(time.monotonic() - start, 1e-9)
-        sys.stderr.write(
-            f"\r[{'#' * filled}{'.' * (width - filled)}] {count}/{total} {rate:6.0f}/s"
-        )
+        bar = "#" * filled + "." * (width - filled)
+        sys.stderr.write(f"\r[{bar}] {count}/{total} {rate:6.0f}/s")
         sys.stderr.flush()
-        if finished:
-            sys.stderr.write("\n")
-            return
+    sys.stderr.write("\n")
 
 
 def run_in_process(url: str, queue: str, workers: int) -> None:
@@ -97,16 +99,15 @@ def main() -> int:
 def run(args: argparse.Namespace) -> int:
     url = klieo_shm.resolve_url(args.url)
     os.environ[klieo_shm.ENV_URL] = url  # the agents (and worker processes) connect here
-    run = uuid.uuid4().hex[:8]
-    queue, prefix = f"tasks-{run}", f"pool-{run}"
+    run_id = uuid.uuid4().hex[:8]
+    queue, prefix = f"tasks-{run_id}", f"pool-{run_id}"
     with sync.connect(url) as bus:
-        plan(bus, queue, run, args.tasks)
-        plan(bus, queue, run, args.tasks)  # re-planning is idempotent: dedup keys
+        stream = bus.pubsub.subscribe(f"pool.{run_id}.done", f"progress-{run_id}")
+        plan(bus, queue, run_id, args.tasks)
+        plan(bus, queue, run_id, args.tasks)  # re-planning is idempotent: dedup keys
         print(f"planned {args.tasks} tasks on {url} for {args.workers} workers", file=sys.stderr)
         done = threading.Event()
-        bar = threading.Thread(
-            target=progress_bar, args=(bus, prefix, args.tasks, done), daemon=True
-        )
+        bar = threading.Thread(target=progress_bar, args=(stream, args.tasks, done), daemon=True)
         started = time.monotonic()
         bar.start()
         try:
@@ -118,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
         finally:
             done.set()
             bar.join()
+            stream.close()
+            bus.pubsub.delete_durable(f"progress-{run_id}")
         elapsed = time.monotonic() - started
         results = [bus.kv.get(f"{prefix}.results", k) for k in bus.kv.keys(f"{prefix}.results")]
         pids = {json.loads(e.value)["pid"] for e in results if e is not None}

@@ -2,8 +2,9 @@
 
 A task is JSON ``{"id": ..., "topic": ..., "flaky": bool}``. The agent
 "thinks" for a few milliseconds, writes its result to the KV bucket
-``pool-<run>.results`` and bumps the shared counter ``pool-<run>.progress/done`` with a
-get + cas retry loop. A flaky task fails its first attempt, to show retries.
+``pool-<run>.results``, bumps the shared counter ``pool-<run>.progress/done``
+with a get + cas retry loop and announces the result on ``pool.<run>.done``.
+A flaky task fails its first attempt, to show retries.
 """
 
 from __future__ import annotations
@@ -51,3 +52,4 @@ def handle(payload: bytes) -> None:
     answer = {"id": task["id"], "summary": f"{task['topic']} -> {digest}", "pid": os.getpid()}
     bus.kv.put(f"{prefix}.results", f"task-{task['id']}", json.dumps(answer).encode())
     add_one(bus.kv, f"{prefix}.progress", "done")
+    bus.pubsub.publish(f"pool.{task['run']}.done", json.dumps(answer).encode())
