@@ -23,6 +23,7 @@ Async tests connect with ``await klieo_shm.connect(klieo_url)``.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import tempfile
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+import psutil
 import pytest
 
 from . import sync
@@ -101,12 +103,21 @@ class Spawner:
         return proc
 
     def reap(self) -> list[str]:
-        """Kill and join every process still running; returns their names."""
+        """Kill and join every process still running, with its children;
+        returns their names."""
         leaked = []
         for proc in self.processes:
-            if proc.is_alive():
+            if proc.is_alive() and proc.pid is not None:
                 leaked.append(f"{proc.name} (pid {proc.pid})")
+                try:  # its own children too (a run_pool spawns workers)
+                    tree = psutil.Process(proc.pid).children(recursive=True)
+                except psutil.Error:
+                    tree = []
                 proc.kill()
+                for child in tree:
+                    with contextlib.suppress(psutil.Error):
+                        child.kill()
+                psutil.wait_procs(tree, timeout=30)
             proc.join()
         return leaked
 

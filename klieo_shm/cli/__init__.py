@@ -1,7 +1,7 @@
 """``klieo-shm``: the operator's command line.
 
 ``status`` (broker, clients, consumers, queues, dead letters, KV buckets,
-memory), ``pub``, ``sub``, ``req``, ``kv get|put|del|keys|watch``,
+memory), ``pub``, ``sub``, ``durable rm``, ``req``, ``kv get|put|del|keys|watch``,
 ``jobs enqueue|ls|dlq|requeue|purge``, ``worker`` (run a worker pool) and
 ``bench`` (runs ``tools/bench`` from a source checkout). ``--url`` (default
 ``$KLIEO_BUS_URL``, else the default socket) and ``--json`` go before the
@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--count", "-n", type=int, default=None)
     c.add_argument("--timeout", type=float, default=None, help="stop after this idle time")
     c.add_argument("--no-ack", action="store_true", help="leave messages unacknowledged")
+    d = sub.add_parser("durable", help="durable consumers")
+    d.add_subparsers(dest="durable_op", required=True).add_parser(
+        "rm", help="delete a durable and its pending messages"
+    ).add_argument("name")
     c = sub.add_parser("req", help="send a request, print the reply")
     c.add_argument("subject")
     c.add_argument("data")

@@ -69,6 +69,12 @@ async def sub(ns: argparse.Namespace, bus: Bus) -> int:
     return 0
 
 
+async def durable(ns: argparse.Namespace, bus: Bus) -> int:
+    await bus.pubsub.delete_durable(ns.name)
+    _emit(ns, {"deleted": ns.name}, f"deleted durable {ns.name}")
+    return 0
+
+
 async def req(ns: argparse.Namespace, bus: Bus) -> int:
     reply = await bus.requests.request(ns.subject, _data(ns.data), ns.timeout)
     _emit(ns, {"reply": _show(reply)}, _show(reply))
@@ -145,4 +151,4 @@ async def jobs(ns: argparse.Namespace, bus: Bus) -> int:
     return 0
 
 
-COMMANDS = {"pub": pub, "sub": sub, "req": req, "kv": kv, "jobs": jobs}
+COMMANDS = {"pub": pub, "sub": sub, "durable": durable, "req": req, "kv": kv, "jobs": jobs}

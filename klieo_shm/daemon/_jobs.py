@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import msgpack
 
-from .._errors import Conflict, Full, InvalidArgument, NotFound, PayloadTooLarge
+from .._errors import BusError, Conflict, Full, InvalidArgument, NotFound, PayloadTooLarge
 from .._names import validate_key, validate_queue, validate_worker_id
 from .._values import DEFAULT_MAX_ATTEMPTS, check_duration, dedup_record, parse_dedup_record
 from ..layout import SLOT, write_slot
@@ -331,7 +331,13 @@ class JobsState:
             size = sum(map(len, payloads))
             if self._fits(len(payloads), size):
                 parked.popleft()
-                s.send(Result(call_id, self._add(q, payloads, extra, size)))
+                try:
+                    added = self._add(q, payloads, extra, size)
+                except BusError as exc:  # e.g. the dedup record hit a full KV table
+                    name, args = error_to_wire(exc)
+                    s.send(Result(call_id, None, name, args))
+                else:
+                    s.send(Result(call_id, added))
             elif deadline <= now:
                 parked.popleft()
                 name, args = error_to_wire(Full("job storage of klieo-shmd", MAX_JOBS))

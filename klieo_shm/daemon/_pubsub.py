@@ -105,7 +105,8 @@ class Consumer:
         self.outstanding = 0
         self.redelivered = 0  # deliveries with delivery_count > 1, for status
         # (deadline, session, first delivery id, last delivery id), deadline order
-        self.timers: deque[tuple[float, Session, int, int]] = deque()
+        # A heap: ack_wait may change, so deadlines need not arrive in order.
+        self.timers: list[tuple[float, int, Session, int, int]] = []
 
 
 class PubsubState:
@@ -353,7 +354,7 @@ class PubsubState:
             s.next_did = first + take
             m.inflight += take
             c.outstanding += take
-            c.timers.append((deadline, s, first, first + take - 1))
+            heapq.heappush(c.timers, (deadline, next(self._tie), s, first, first + take - 1))
             s.send(DeliverBatch(m.sub_id, take, b"".join(parts), b"".join(subjects)))
 
     # --- acks ----------------------------------------------------------------
@@ -405,6 +406,9 @@ class PubsubState:
             if last_b is not None:
                 self._release(last_b, bn)
             for c, msg, dcount in reversed(naks):
+                if self.consumers.get(c.name) is not c:
+                    self._release(msg[3])  # its durable was deleted: nobody will read it
+                    continue
                 c.counts[msg[0]] = dcount
                 if delay_ms:
                     due = now + delay_ms / 1000.0
@@ -427,7 +431,7 @@ class PubsubState:
                 c = rec[0].consumer
                 deadline = now + c.ack_wait
                 deliveries[did] = (rec[0], rec[1], deadline, rec[3])
-                c.timers.append((deadline, s, did, did))
+                heapq.heappush(c.timers, (deadline, next(self._tie), s, did, did))
 
     # --- time ----------------------------------------------------------------
     def tick(self, now: float) -> None:
@@ -441,7 +445,7 @@ class PubsubState:
         for c in self.consumers.values():
             timers = c.timers
             while timers and timers[0][0] <= now:
-                _, s, first, last = timers.popleft()
+                _, _, s, first, last = heapq.heappop(timers)
                 deliveries = s.deliveries
                 for did in range(first, last + 1):
                     rec = deliveries.get(did)

@@ -100,6 +100,8 @@ async def _heartbeat(job: ClaimedJob, every: float) -> None:
         except Conflict:
             log.warning("job %s: claim was taken over while its handler ran", job.id)
             return
+        except BusError as exc:  # e.g. a reconnect in progress: keep trying
+            log.warning("job %s: heartbeat failed: %s", job.id, exc)
 
 
 async def _is_done(bus: Bus, job: ClaimedJob) -> bool:

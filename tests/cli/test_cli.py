@@ -51,6 +51,10 @@ def test_pub_then_sub_delivers_and_acks(klieo_url: str, klieo_names: str) -> Non
     again = cli(klieo_url, "sub", subject, "-d", klieo_names, "--timeout", "0.5")
     assert again.returncode == 0
     assert again.stdout == ""  # acked: not delivered again
+    assert cli_json(klieo_url, "durable", "rm", klieo_names) == {"deleted": klieo_names}
+    gone = cli(klieo_url, "durable", "rm", klieo_names)
+    assert gone.returncode == 1
+    assert "not found" in gone.stderr
 
 
 def test_req_prints_the_reply(klieo_bus: sync.Bus, klieo_url: str, klieo_names: str) -> None:
