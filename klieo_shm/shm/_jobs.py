@@ -356,7 +356,26 @@ class ShmJobQueue(JobQueue):
         jobs = [self._make(conn, queue, ttl, deadline, item) for item in items]
         if len(jobs) > 1:
             self._buffers.setdefault(key, deque()).extend(jobs[1:])
+            # Prefetched claims not handed out by half their lease go back
+            # without counting an attempt (a slow job must not burn the
+            # attempts of the jobs queued behind it).
+            asyncio.get_running_loop().call_later(ttl / 2, self._give_back_stale, key)
         return jobs[0]
+
+    def _give_back_stale(self, key: tuple[str, str, float]) -> None:
+        buf = self._buffers.get(key)
+        if not buf:
+            return
+        limit = time.monotonic() + key[2] / 2 + 0.001
+        conn = self._client._conn
+        while buf:
+            impl: _Claim = buf[0]._impl  # type: ignore[assignment]
+            if impl.deadline > limit:
+                break  # a later batch: its own timer covers it
+            job = buf.popleft()
+            if impl.conn is conn:
+                self._queue_resolution(impl, [job.queue, job.id, job.token, _RELEASE, None])
+        self._drain()
 
     async def _from_buffer(self, buf: deque[ClaimedJob]) -> ClaimedJob | None:
         """The next buffered claim that is still ours. Claims of an older

@@ -52,6 +52,32 @@ async def test_a_fast_worker_gets_several_jobs_per_round_trip_and_close_gives_ba
         assert attempts == {1}, "giving back unstarted claims must not count attempts"
 
 
+async def test_prefetched_claims_not_handed_out_go_back_at_half_lease_without_an_attempt(
+    sock: str,
+) -> None:
+    async with running_broker(sock), await klieo_shm.connect(f"shm://{sock}") as producer:
+        await asyncio.gather(*(producer.jobs.enqueue("slow", Job(b"%d" % i)) for i in range(200)))
+        async with await klieo_shm.connect(f"shm://{sock}") as worker:
+            for _ in range(20):  # a tight loop: the client starts to prefetch
+                job = await worker.jobs.claim("slow", "fast", 1.0)
+                assert job is not None
+                await job.ack()
+            held = await worker.jobs.claim("slow", "fast", 1.0)  # then one job runs long
+            assert held is not None
+            assert (await worker.jobs.stats("slow")).claimed > 1, "expected a prefetch"
+            # Another worker gets the buffered jobs once half their lease is
+            # over, as first attempts: nothing expired, no attempt was spent.
+            other = None
+            for _ in range(10):
+                other = await producer.jobs.claim("slow", "other", 30.0)
+                if other is not None:
+                    break
+            assert other is not None
+            assert other.attempt == 1
+            await other.ack()
+            await held.ack()
+
+
 async def test_a_cancelled_claim_leaves_nothing_claimed(sock: str) -> None:
     async with running_broker(sock), await klieo_shm.connect(f"shm://{sock}") as bus:
         claiming = asyncio.ensure_future(bus.jobs.claim("idle", "w", 30.0))
