@@ -14,6 +14,7 @@ from ._errors import InvalidArgument
 __all__ = [
     "DEFAULT_ACK_WAIT",
     "DEFAULT_MAX_ATTEMPTS",
+    "NEEDS_ROUND_TRIP",
     "DeadLetter",
     "Headers",
     "Job",
@@ -86,6 +87,18 @@ class KvEntry:
 
     value: bytes
     revision: Revision
+
+
+class _NeedsRoundTrip:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEEDS_ROUND_TRIP"
+
+
+NEEDS_ROUND_TRIP: Final = _NeedsRoundTrip()
+"""What a backend's optional ``KvStore.get_local`` returns when it cannot
+answer in the calling thread (the blocking flavour then asks the loop)."""
 
 
 @dataclass(frozen=True, slots=True)

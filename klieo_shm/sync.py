@@ -22,7 +22,17 @@ from . import _bus
 from . import _handles as h
 from ._errors import Closed
 from ._portal import Portal
-from ._values import DeadLetter, Headers, Job, JobId, KvChange, KvEntry, QueueStats, Revision
+from ._values import (
+    NEEDS_ROUND_TRIP,
+    DeadLetter,
+    Headers,
+    Job,
+    JobId,
+    KvChange,
+    KvEntry,
+    QueueStats,
+    Revision,
+)
 
 __all__ = [
     "Bus",
@@ -52,14 +62,17 @@ class _Link:
         self.closed = False
         self.portal = Portal()
         self.bus: _bus.Bus = self.portal.call(_bus.connect(url))
+        self.kv_get_local = _get_local(self.bus)
 
     def run(self, make: Callable[[_bus.Bus], Coroutine[Any, Any, T]]) -> T:
         with self._lock:
             if self.closed:
                 raise Closed(self.url)
             if not self.portal.owned_here:
+                self.kv_get_local = None
                 self.portal = Portal()
                 self.bus = self.portal.call(_bus.connect(self.url))
+                self.kv_get_local = _get_local(self.bus)
             portal, bus = self.portal, self.bus
         return portal.call(make(bus))
 
@@ -72,6 +85,11 @@ class _Link:
             self.portal.call(self.bus.close())
         finally:
             self.portal.stop()
+
+
+def _get_local(bus: _bus.Bus) -> Callable[[str, str], Any] | None:
+    """The backend's optional thread-safe ``kv.get_local``, if it has one."""
+    return getattr(bus.kv, "get_local", None)
 
 
 class _Handle(Generic[A]):
@@ -283,7 +301,13 @@ class KvStore(_Facade):
     __slots__ = ()
 
     def get(self, bucket: str, key: str) -> KvEntry | None:
-        return self._link.run(lambda b: b.kv.get(bucket, key))
+        link = self._link
+        local = link.kv_get_local
+        if local is not None and not link.closed and link.portal.owned_here:
+            found = local(bucket, key)  # read in this thread: no loop hop
+            if found is not NEEDS_ROUND_TRIP:
+                return found  # type: ignore[no-any-return]
+        return link.run(lambda b: b.kv.get(bucket, key))
 
     def put(self, bucket: str, key: str, value: bytes) -> Revision:
         return self._link.run(lambda b: b.kv.put(bucket, key, value))

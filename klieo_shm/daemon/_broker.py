@@ -174,7 +174,7 @@ class Broker:
         self.sessions[s.client_id] = s
         return s
 
-    def receive(self, s: Session, data: bytes) -> bool:
+    def receive(self, s: Session, data: bytes | bytearray | memoryview) -> bool:
         """Feed bytes from ``s``; False when the connection must be closed
         (after EOF, or after a protocol violation, which is answered with an
         ``Error`` event naming it)."""
@@ -184,11 +184,13 @@ class Broker:
         try:
             while True:
                 ev = conn.next_event()
-                if ev is NEED_DATA:
+                if isinstance(ev, Call):  # the common case first
+                    self._call(s, ev, now)
+                elif ev is NEED_DATA:
                     return True
-                if ev is CLOSED or isinstance(ev, Error):
+                elif ev is CLOSED or isinstance(ev, Error):
                     return False
-                if isinstance(ev, Event):
+                elif isinstance(ev, Event):
                     self._handle(s, ev, now)
         except ProtocolError as exc:
             log.warning("%r: protocol violation, closing: %s", s, exc)

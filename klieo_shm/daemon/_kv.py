@@ -335,8 +335,19 @@ class KvState:
 
 
 # --- calls -------------------------------------------------------------------
+_VALID_CACHE: Final = 10_000
+_valid: set[tuple[str, str]] = set()  # (bucket, key) pairs that passed validation
+
+
 def _names(a: dict[str, Any]) -> tuple[str, str]:
-    return validate_bucket(a["bucket"]), validate_key(a["key"])
+    bucket, key = a["bucket"], a["key"]
+    if type(bucket) is str and type(key) is str and (bucket, key) in _valid:
+        return bucket, key
+    names = validate_bucket(bucket), validate_key(key)
+    if len(_valid) >= _VALID_CACHE:
+        _valid.clear()
+    _valid.add(names)
+    return names
 
 
 def _value(b: Broker, a: dict[str, Any]) -> bytes:

@@ -28,11 +28,15 @@ __all__ = ["BrokerServer", "serve_forever"]
 
 log = logging.getLogger("klieo.shmd")
 TICK: Final = 0.02
+READ_BUFFER: Final = 64 << 10
+"""Bytes read per ``recv`` on one connection (a bigger frame takes several)."""
 _CRED: Final = struct.Struct("3i")
 
 
-class _Conn(asyncio.Protocol):
-    """One client connection."""
+class _Conn(asyncio.BufferedProtocol):
+    """One client connection. Reads go into one buffer allocated once per
+    connection: asyncio's plain ``Protocol`` allocates a fresh 256 KiB
+    ``bytes`` for every read, which costs more than handling a small call."""
 
     def __init__(self, server: BrokerServer) -> None:
         self.server = server
@@ -40,6 +44,10 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.session: Session | None = None
         self._out: list[bytes] = []
+        self._view = memoryview(bytearray(READ_BUFFER))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
 
     def _write(self, data: bytes) -> None:
         if not self._out:
@@ -47,11 +55,12 @@ class _Conn(asyncio.Protocol):
         self._out.append(data)
 
     def _flush(self) -> None:
-        if self._out and self.transport is not None and not self.transport.is_closing():
-            data = b"".join(self._out)
-            self._out.clear()
+        out = self._out
+        if out and self.transport is not None and not self.transport.is_closing():
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
             self.transport.write(data)
-        self._out.clear()
+        out.clear()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -72,16 +81,21 @@ class _Conn(asyncio.Protocol):
             self._flush()
             transport.close()
 
-    def data_received(self, data: bytes) -> None:
+    def buffer_updated(self, nbytes: int) -> None:
         s = self.session
         if s is None or s.closed:
             return
+        data = self._view[:nbytes]
+        server = self.server
+        server.reading = True
         try:
             keep = self.broker.receive(s, data)
         except Exception:  # a broker bug must cost one connection, not the broker
             log.exception("%r: internal error; closing this connection", s)
             keep = False
-        self.server.flush_all()  # one write per peer per read: coalesced, no extra turn
+        finally:
+            server.reading = False
+        server.flush_all()  # one write per peer per read: coalesced, no extra turn
         if not keep and self.transport is not None:
             self.transport.close()
 
@@ -112,11 +126,13 @@ class BrokerServer:
         self._gid: int | None = None
         self._closed = False
         self._dirty: list[_Conn] = []
+        self.reading = False  # inside a read (buffer_updated), which flushes at its end
 
     def schedule_flush(self, conn: _Conn) -> None:
-        """``conn`` has output: write it at the end of this read, or on the
-        next loop turn when the write came from a timer."""
-        if not self._dirty:
+        """``conn`` has output: write it at the end of this read (no extra
+        loop turn), or on the next loop turn when the write came from
+        elsewhere (a timer, a disconnect)."""
+        if not self._dirty and not self.reading:
             asyncio.get_running_loop().call_soon(self.flush_all)
         self._dirty.append(conn)
 

@@ -17,6 +17,8 @@ error the connection is in state ``ERROR``: it may still ``send`` one
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from operator import itemgetter
 from typing import Any, Final, Literal, TypeAlias
 
 import msgpack
@@ -24,7 +26,6 @@ import msgpack
 from ._errors import LocalProtocolError, RemoteProtocolError, VersionMismatch
 from ._events import (
     CONTROL_OPS,
-    OP_OF,
     AckBatch,
     Call,
     DeliverBatch,
@@ -45,6 +46,7 @@ from ._frames import (
     ACK_KINDS,
     DELIVER_DESC,
     DELIVER_HEAD,
+    FRAME_HEAD,
     KIND_ACK,
     KIND_CONTROL,
     KIND_DELIVER,
@@ -127,7 +129,17 @@ class Connection:
     value in ``Welcome`` and the client adopts it.
     """
 
-    __slots__ = ("_buf", "_eof", "_pending", "max_frame", "our_role", "state")
+    __slots__ = (
+        "_buf",
+        "_eof",
+        "_packer",
+        "_pending",
+        "_ready_recvs",
+        "_ready_sends",
+        "max_frame",
+        "our_role",
+        "state",
+    )
 
     def __init__(self, our_role: Role, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         if max_frame < MIN_MAX_FRAME:
@@ -138,10 +150,15 @@ class Connection:
         self._buf = bytearray()
         self._pending: list[tuple[int, bytes]] = []
         self._eof = False
+        # The READY rows of the transition table for this role (the hot path).
+        self._ready_sends = _READY_SENDS[our_role]
+        self._ready_recvs = _READY_SENDS["server" if our_role == "client" else "client"]
+        self._packer = msgpack.Packer(use_bin_type=True)
 
     # --- receiving -----------------------------------------------------------
-    def receive_data(self, data: bytes) -> None:
-        """Feed bytes from the peer; ``b""`` means the peer closed."""
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed bytes from the peer (copied: the caller may reuse ``data``'s
+        buffer afterwards); ``b""`` means the peer closed."""
         if data:
             if self._eof:
                 raise LocalProtocolError("data received after EOF")
@@ -153,7 +170,7 @@ class Connection:
         """The next event from the peer, ``NEED_DATA`` or ``CLOSED``."""
         if self.state in ("CLOSED", "ERROR"):
             return CLOSED
-        if not self._pending:
+        if not self._pending and self._buf:
             try:
                 frames = split_frames(self._buf, self.max_frame)
             except RemoteProtocolError:
@@ -172,10 +189,13 @@ class Connection:
             return NEED_DATA
         kind, body = self._pending.pop()
         try:
-            event = _decode(kind, body)
-            new = _next_state(self.our_role, self.state, "recv", type(event))
+            event = _decode_control(body) if kind == KIND_CONTROL else _decode(kind, body)
+            etype = type(event)
+            if self.state == "READY" and etype in self._ready_recvs:
+                return event  # READY -> READY
+            new = _next_state(self.our_role, self.state, "recv", etype)
             if new is None:
-                raise RemoteProtocolError(f"peer sent {type(event).__name__} in state {self.state}")
+                raise RemoteProtocolError(f"peer sent {etype.__name__} in state {self.state}")
             if isinstance(event, Hello | Welcome) and event.version != PROTOCOL_VERSION:
                 raise VersionMismatch(PROTOCOL_VERSION, event.version)
         except RemoteProtocolError:
@@ -198,10 +218,16 @@ class Connection:
     # --- sending -------------------------------------------------------------
     def send(self, event: Event) -> bytes:
         """The bytes that carry ``event``; moves the state machine."""
-        new = _next_state(self.our_role, self.state, "send", type(event))
+        etype = type(event)
+        if self.state == "READY" and etype in self._ready_sends:  # READY -> READY
+            fields = _CONTROL_FIELDS.get(etype)
+            if fields is not None:
+                return _encode_control(self._packer, event, fields, self.max_frame)
+            return _encode(event, self.max_frame, self._packer)
+        new = _next_state(self.our_role, self.state, "send", etype)
         if new is None:
-            raise LocalProtocolError(f"cannot send {type(event).__name__} in state {self.state}")
-        data = _encode(event, self.max_frame)
+            raise LocalProtocolError(f"cannot send {etype.__name__} in state {self.state}")
+        data = _encode(event, self.max_frame, self._packer)
         if isinstance(event, Welcome):
             self.max_frame = max(MIN_MAX_FRAME, event.max_frame)
         self.state = new
@@ -209,7 +235,28 @@ class Connection:
 
 
 # --- codec -------------------------------------------------------------------
-def _encode(event: Event, max_frame: int) -> bytes:
+_CONTROL_FIELDS: Final[dict[type[Any], tuple[str, tuple[str, ...]]]] = {
+    cls: (op, tuple(name for name, _ in schema)) for op, (cls, schema) in CONTROL_OPS.items()
+}
+"""event class -> (op, field names in wire order)."""
+
+
+def _encode_control(
+    packer: msgpack.Packer, event: Event, fields: tuple[str, tuple[str, ...]], max_frame: int
+) -> bytes:
+    op, names = fields
+    try:
+        body: bytes = packer.pack([op, *[getattr(event, name) for name in names]])
+    except (TypeError, ValueError, OverflowError) as exc:
+        packer.reset()
+        raise LocalProtocolError(f"cannot encode {type(event).__name__}: {exc}") from exc
+    n = len(body)
+    if n > max_frame:
+        raise LocalProtocolError(f"frame body of {n} bytes is over the limit {max_frame}")
+    return FRAME_HEAD.pack(n, KIND_CONTROL) + body
+
+
+def _encode(event: Event, max_frame: int, packer: msgpack.Packer) -> bytes:
     if isinstance(event, PublishBatch):
         _check_batch(len(event.descs))
         body = b"".join(
@@ -235,13 +282,7 @@ def _encode(event: Event, max_frame: int) -> bytes:
     if isinstance(event, PubAck):
         body = PUBACK.pack(event.batch_no, event.first_seq, event.count, event.status)
         return encode_frame(KIND_PUBACK, body, max_frame)
-    op = OP_OF[type(event)]
-    _, schema = CONTROL_OPS[op]
-    try:
-        body = msgpack.packb([op, *[getattr(event, name) for name, _ in schema]], use_bin_type=True)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise LocalProtocolError(f"cannot encode {type(event).__name__}: {exc}") from exc
-    return encode_frame(KIND_CONTROL, body, max_frame)
+    return _encode_control(packer, event, _CONTROL_FIELDS[type(event)], max_frame)
 
 
 def _check_batch(n: int) -> None:
@@ -295,11 +336,30 @@ def _decode_control(body: bytes) -> Event:
         raise RemoteProtocolError(
             f"op {op!r} takes {len(schema)} fields, the peer sent {len(values)}"
         )
-    for (name, typ), value in zip(schema, values, strict=True):
-        if typ is not object and (not isinstance(value, typ) or isinstance(value, bool)):
-            raise RemoteProtocolError(
-                f"op {op!r} field {name!r} must be {getattr(typ, '__name__', typ)}, "
-                f"got {type(value).__name__}"
-            )
+    typed, exact = _TYPED_FIELDS[op]
+    if tuple(map(type, typed(values))) != exact:  # not all of the exact types: look closer
+        for (name, typ), value in zip(schema, values, strict=True):
+            if typ is not object and (not isinstance(value, typ) or isinstance(value, bool)):
+                raise RemoteProtocolError(
+                    f"op {op!r} field {name!r} must be {getattr(typ, '__name__', typ)}, "
+                    f"got {type(value).__name__}"
+                )
     event: Event = cls(*values)
     return event
+
+
+def _typed_fields(
+    schema: tuple[tuple[str, type | tuple[type, ...]], ...],
+) -> tuple[Callable[[list[Any]], tuple[Any, ...]], tuple[Any, ...]]:
+    """(the values of the typed fields, as a tuple; their declared types): a
+    message whose typed fields have exactly those types passes the schema
+    check in one C-level comparison."""
+    idx = [i for i, (_, typ) in enumerate(schema) if typ is not object]
+    exact = tuple(schema[i][1] for i in idx)
+    if len(idx) == 1:
+        i = idx[0]
+        return (lambda values: (values[i],)), exact
+    return itemgetter(*idx), exact
+
+
+_TYPED_FIELDS: Final = {op: _typed_fields(schema) for op, (_, schema) in CONTROL_OPS.items()}

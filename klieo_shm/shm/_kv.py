@@ -36,7 +36,15 @@ from .._errors import BusError, Closed, InvalidArgument, PayloadTooLarge
 from .._handles import KvWatch, Lease
 from .._interfaces import KvStore
 from .._names import validate_bucket, validate_key, validate_key_pattern
-from .._values import KvChange, KvEntry, Revision, as_bytes, check_duration
+from .._values import (
+    NEEDS_ROUND_TRIP,
+    KvChange,
+    KvEntry,
+    Revision,
+    _NeedsRoundTrip,
+    as_bytes,
+    check_duration,
+)
 from ..layout.kv_table import KvReadContended, KvTableReader, KvTableRetired
 from ..protocol import Connection
 from ._client import ShmClient
@@ -159,6 +167,32 @@ class ShmKvStore(KvStore):
             return await self._get_from_broker(bucket, key)
         return None if found is None else KvEntry(found[0], found[1])
 
+    def get_local(self, bucket: str, key: str) -> KvEntry | _NeedsRoundTrip | None:
+        """``get`` from any thread, without the event loop: the entry or
+        ``None`` read from the mapped table, or ``NEEDS_ROUND_TRIP`` when only
+        the loop can answer (table not mapped yet or retired, names not yet
+        validated, a contended read, a lost connection). Only reads shared
+        memory: mapping, remapping and validation stay on the loop thread.
+        A reader closed by the loop meanwhile raises ``ValueError`` (released
+        views; the mapping itself outlives any view in use): a round trip too.
+        """
+        reader = self._reader
+        client = self._client
+        if (
+            reader is None
+            or self._mapped_on is not client._conn
+            or client._lost is not None
+            or type(bucket) is not str
+            or type(key) is not str
+            or (bucket, key) not in self._valid
+        ):
+            return NEEDS_ROUND_TRIP
+        try:
+            found = reader.get(bucket, key)
+        except (KvTableRetired, KvReadContended, ValueError):
+            return NEEDS_ROUND_TRIP
+        return None if found is None else KvEntry(found[0], found[1])
+
     async def _get_slow(self, bucket: str, key: str) -> KvEntry | None:
         self._check(bucket, key)
         for _ in range(_REMAP_ATTEMPTS):
@@ -215,28 +249,35 @@ class ShmKvStore(KvStore):
             mapping.close()
 
     # --- writes --------------------------------------------------------------
-    async def _value(self, bucket: str, key: str, value: bytes) -> bytes:
+    def _data(self, bucket: str, key: str, value: bytes) -> bytes:
         if type(bucket) is not str or type(key) is not str or (bucket, key) not in self._valid:
             self._check(bucket, key)
-        data = value if type(value) is bytes else as_bytes(value, "value")
+        return value if type(value) is bytes else as_bytes(value, "value")
+
+    def _check_size(self, data: bytes) -> None:
+        client = self._client
+        if len(data) > client.max_payload:
+            raise PayloadTooLarge(len(data), client.max_payload)
+
+    async def put(self, bucket: str, key: str, value: bytes) -> Revision:
+        data = self._data(bucket, key, value)
         client = self._client
         if not client.connected:
             await client.ensure()
-        if len(data) > client.max_payload:
-            raise PayloadTooLarge(len(data), client.max_payload)
-        return data
-
-    async def put(self, bucket: str, key: str, value: bytes) -> Revision:
-        data = await self._value(bucket, key, value)
-        rev = await self._client.call("kv_put", {"bucket": bucket, "key": key, "value": data})
+        self._check_size(data)
+        rev = await client.call("kv_put", {"bucket": bucket, "key": key, "value": data})
         return int(rev)
 
     async def cas(self, bucket: str, key: str, value: bytes, expected: Revision | None) -> Revision:
         if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int)):
             raise InvalidArgument("expected", expected, "must be a revision (int) or None")
-        data = await self._value(bucket, key, value)
+        data = self._data(bucket, key, value)
+        client = self._client
+        if not client.connected:
+            await client.ensure()
+        self._check_size(data)
         args = {"bucket": bucket, "key": key, "value": data, "expected": expected}
-        return int(await self._client.call("kv_cas", args))
+        return int(await client.call("kv_cas", args))
 
     async def delete(self, bucket: str, key: str) -> None:
         self._check(bucket, key)

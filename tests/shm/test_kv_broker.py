@@ -42,6 +42,26 @@ async def test_table_grows_and_a_mapped_reader_remaps_without_losing_a_key(small
         assert now != first
 
 
+def test_sync_get_reads_the_table_in_the_calling_thread_and_follows_growth(small_kv: str) -> None:
+    import klieo_shm.sync
+    from klieo_shm._values import NEEDS_ROUND_TRIP
+
+    with klieo_shm.sync.connect(f"shm://{small_kv}") as bus:
+        local = bus.kv._link.kv_get_local
+        assert local is not None
+        assert local("sync", "k0") is NEEDS_ROUND_TRIP  # not mapped yet: the loop maps it
+        assert bus.kv.get("sync", "k0") is None
+        assert local("sync", "k0") is None  # now answered here, no round trip
+        revisions = [bus.kv.put("sync", f"k{i}", b"%d" % i * 10) for i in range(1500)]  # grows
+
+        got = [bus.kv.get("sync", f"k{i}") for i in range(1500)]
+
+        assert got == [klieo_shm.KvEntry(b"%d" % i * 10, revisions[i]) for i in range(1500)]
+        assert local("sync", "k7") == klieo_shm.KvEntry(b"7" * 10, revisions[7])
+        bus.kv.delete("sync", "k7")
+        assert bus.kv.get("sync", "k7") is None
+
+
 async def test_a_value_larger_than_the_first_table_grows_it(small_kv: str) -> None:
     async with await klieo_shm.connect(f"shm://{small_kv}") as bus:
         big = bytes(range(256)) * 1024  # 256 KiB > the 64 KiB first table
