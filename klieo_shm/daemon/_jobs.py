@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from ._broker import Broker, Session
     from ._pubsub import PubsubState
 
-__all__ = ["DedupIndex", "JobsState", "LocalDedup", "job_calls"]
+__all__ = ["DedupIndex", "JobsState", "job_calls"]
 
 log = logging.getLogger("klieo.shmd")
 
@@ -85,19 +85,6 @@ class DedupIndex(Protocol):
 
     def get(self, bucket: str, key: str) -> bytes | None: ...
     def create(self, bucket: str, key: str, value: bytes) -> None: ...
-
-
-class LocalDedup:
-    """The dedup index kept in the job state, until the broker's KV serves it."""
-
-    def __init__(self) -> None:
-        self.records: dict[tuple[str, str], bytes] = {}
-
-    def get(self, bucket: str, key: str) -> bytes | None:
-        return self.records.get((bucket, key))
-
-    def create(self, bucket: str, key: str, value: bytes) -> None:
-        self.records.setdefault((bucket, key), value)
 
 
 class _Job:
@@ -207,14 +194,14 @@ class JobsState:
         max_payload: int,
         max_job_bytes: int,
         publish_timeout: float,
-        dedup: DedupIndex | None = None,
+        dedup: DedupIndex,
     ) -> None:
         self.pubsub = pubsub
         self.clock = clock
         self.max_payload = max_payload
         self.max_job_bytes = max_job_bytes
         self.publish_timeout = publish_timeout
-        self.dedup: DedupIndex = dedup if dedup is not None else LocalDedup()
+        self.dedup = dedup
         self.queues: dict[str, _Queue] = {}
         self.live = 0
         self.live_bytes = 0
