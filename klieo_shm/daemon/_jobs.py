@@ -24,9 +24,9 @@ answered by the next enqueue or, with an empty list, when their wait ends.
 Payloads travel inline in the control frames (msgpack ``bin``) and are kept
 as ``bytes`` in the broker's heap, bounded by ``max_job_bytes``.
 
-Dedup: the index ``dedup.<queue>`` / key -> ``dedup_record(job_id)`` lives
-behind :class:`DedupIndex` (get / create), today a dict here; it moves to the
-broker's KV state (so ``kv.get`` sees the record) by passing another index.
+Dedup: the records ``dedup.<queue>`` / key -> ``dedup_record(job_id)`` live
+in the broker's KV state behind :class:`DedupIndex` (get / create), so a
+client's ``kv.get`` sees them.
 """
 
 from __future__ import annotations
