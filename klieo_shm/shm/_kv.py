@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections import deque
 from typing import Any, Final
 
 import posix_ipc
@@ -49,6 +48,7 @@ from ..layout.kv_table import KvReadContended, KvTableReader, KvTableRetired
 from ..protocol import Connection
 from ._client import ShmClient
 from ._maps import Mapping
+from ._queue import ItemQueue
 
 __all__ = ["ShmKvStore"]
 
@@ -56,41 +56,17 @@ _VALID_CACHE: Final = 10_000
 _REMAP_ATTEMPTS: Final = 16
 
 
-class _Watch:
+class _Watch(ItemQueue[KvChange]):
     """One watch's queue of changes (the ``KvWatch`` impl)."""
 
     def __init__(self, owner: ShmKvStore, watch_id: int, bucket: str) -> None:
+        super().__init__()
         self._owner = owner
         self.watch_id = watch_id
         self.bucket = bucket
-        self.items: deque[KvChange] = deque()
-        self.waiter: asyncio.Future[None] | None = None
-        self.closed = False
-        self.error: BusError | None = None
         self.pump: asyncio.Task[None] | None = None
 
-    def wake(self) -> None:
-        w = self.waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    async def next(self) -> KvChange | None:
-        while True:
-            if self.items:
-                return self.items.popleft()
-            if self.error is not None:
-                raise self.error
-            if self.closed:
-                return None
-            self.waiter = asyncio.get_running_loop().create_future()
-            await self.waiter
-
-    async def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.items.clear()
-        self.wake()
+    async def _detach(self) -> None:
         await self._owner._unwatch(self)
 
     async def run_pump(self, client: ShmClient) -> None:

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import inspect
 import itertools
-from collections import deque
 from typing import Any
 
 import msgpack
@@ -39,6 +38,7 @@ from ..protocol import (
 )
 from ..protocol._frames import DELIVER_DESC
 from ._client import ShmClient
+from ._queue import ItemQueue
 
 __all__ = ["ShmPubsub", "ShmRequestReply"]
 
@@ -71,39 +71,15 @@ class _Ack:
         self._send(ACK_KIND_PROGRESS)
 
 
-class _Sub:
+class _Sub(ItemQueue[Msg]):
     """One member's queue of deliveries (the ``MsgStream`` impl)."""
 
     def __init__(self, owner: ShmPubsub, sub_id: int) -> None:
+        super().__init__()
         self._owner = owner
         self.sub_id = sub_id
-        self.items: deque[Msg] = deque()
-        self.waiter: asyncio.Future[None] | None = None
-        self.closed = False
-        self.error: BusError | None = None
 
-    def wake(self) -> None:
-        w = self.waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    async def next(self) -> Msg | None:
-        while True:
-            if self.items:
-                return self.items.popleft()
-            if self.error is not None:
-                raise self.error
-            if self.closed:
-                return None
-            self.waiter = asyncio.get_running_loop().create_future()
-            await self.waiter
-
-    async def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.items.clear()
-        self.wake()
+    async def _detach(self) -> None:
         await self._owner._unsubscribe(self)
 
 
