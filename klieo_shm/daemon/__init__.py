@@ -13,5 +13,6 @@ from ._config import segment_prefix as segment_prefix
 from ._server import BrokerServer as BrokerServer
 from ._server import serve_forever as serve_forever
 from ._spawn import DaemonError as DaemonError
+from ._spawn import DaemonProcess as DaemonProcess
 from ._spawn import leftover_segments as leftover_segments
 from ._spawn import spawn_daemon as spawn_daemon

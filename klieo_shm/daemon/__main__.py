@@ -93,6 +93,28 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_KV_MAX_SIZE,
         help="largest KV table segment; past it KV writes raise Full (default 1G)",
     )
+    p.add_argument(
+        "--state-dir",
+        default="",
+        help="directory of the journal (default: beside the socket, SOCKET_NAME.state)",
+    )
+    p.add_argument(
+        "--no-state",
+        action="store_true",
+        help="keep no journal: a restarted broker starts empty",
+    )
+    p.add_argument(
+        "--fsync",
+        choices=("always", "interval", "never"),
+        default="interval",
+        help="when journal writes are synced to disk (default: interval)",
+    )
+    p.add_argument(
+        "--fsync-interval",
+        type=float,
+        default=1.0,
+        help="seconds between syncs under --fsync interval (default 1)",
+    )
     p.add_argument("--foreground", action="store_true", help="accepted; always foreground")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
@@ -118,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
             group=args.group,
             kv_size=args.kv_size,
             kv_max_size=args.kv_max_size,
+            state_dir=None if args.no_state else args.state_dir,
+            fsync=args.fsync,
+            fsync_interval=args.fsync_interval,
         )
         asyncio.run(serve_forever(config, args.ready_fd))
     except (ValueError, RuntimeError, OSError) as exc:

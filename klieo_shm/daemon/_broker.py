@@ -44,8 +44,10 @@ from ..protocol import (
 from ..protocol._wire_errors import error_to_wire
 from ._config import BrokerConfig
 from ._jobs import JobsState, job_calls
+from ._journal import Journal
 from ._kv import KV_CALLS, KvState
 from ._pubsub import Member, PubsubState
+from ._recovery import replay, restore, snapshot
 from ._segments import Segment
 
 __all__ = ["Broker", "Session"]
@@ -165,6 +167,60 @@ class Broker:
         self.services: dict[str, list[tuple[Session, int]]] = {}
         self._rr = 0
         self.requests: dict[int, _Request] = {}
+        self.journal: Journal | None = None
+        if config.state_dir is not None:
+            try:
+                self._recover(config.state_dir)
+            except BaseException:
+                self.store_seg.destroy()
+                self.kv.close()
+                raise
+
+    # --- the journal -----------------------------------------------------------
+    def _recover(self, state_dir: str) -> None:
+        """Load the state directory's journal (if any) into this fresh
+        broker, compact it into a snapshot and keep it open for changes."""
+        cfg = self.config
+        journal = Journal(state_dir, cfg.fsync, cfg.fsync_interval)
+        try:
+            records = journal.load()
+            if records:
+                found = replay(records)
+                restore(self, found)
+                log.info(
+                    "recovered from %s: %d records, %d durables, %d queues, %d KV values",
+                    state_dir,
+                    found.records,
+                    len(found.durables),
+                    len(found.queues),
+                    sum(1 for v in found.kv.values() if v[0] is not None),
+                )
+            journal.rewrite(snapshot(self))
+        except BaseException:
+            journal.close()
+            raise
+        self._attach(journal)
+
+    def _attach(self, journal: Journal | None) -> None:
+        self.journal = journal
+        self.pubsub.journal = journal
+        self.kv.journal = journal
+        self.kv.leases.journal = journal
+        self.jobs.journal = journal
+
+    def flush_journal(self) -> None:
+        """Write what the journal queued; the server calls this before it
+        writes any answer. A journal that cannot be written stops the broker
+        at once (as a crash would): answering would tell clients of changes
+        a restart would not find."""
+        journal = self.journal
+        if journal is None:
+            return
+        try:
+            journal.flush()
+        except OSError as exc:
+            log.critical("cannot write the journal in %s: %s; stopping", journal.directory, exc)
+            os._exit(70)
 
     # --- sessions ------------------------------------------------------------
     def open_session(
@@ -242,6 +298,14 @@ class Broker:
         self.pubsub.tick(now)
         self.jobs.tick(now)
         self.kv.tick(now)
+        journal = self.journal
+        if journal is not None:
+            if journal.wants_compaction():
+                before = journal.size
+                journal.rewrite(snapshot(self))
+                log.info("journal compacted: %d -> %d bytes", before, journal.size)
+            else:
+                journal.sync_due(now)
         if self.requests:
             for req_id, r in list(self.requests.items()):
                 if r.deadline + _REQUEST_GRACE <= now:
@@ -251,6 +315,13 @@ class Broker:
         self.pubsub.pump(now)
 
     def shutdown(self) -> None:
+        """Drop every client and the segments. The journal is closed first:
+        the clients' claims, leases and deliveries stay in it for the next
+        broker on this state directory (their holders may reconnect)."""
+        journal = self.journal
+        if journal is not None:
+            self._attach(None)
+            journal.close()
         for s in list(self.sessions.values()):
             self.close_session(s)
         self.store_seg.destroy()
@@ -387,6 +458,8 @@ class Broker:
             "kv_buckets": {b: len(self.kv.table.keys(b)) for b in self.kv.table.buckets()},
             "queues": self.jobs.summary(),
             "services": {k: len(v) for k, v in self.services.items()},
+            "state_dir": self.config.state_dir,
+            "journal_bytes": 0 if self.journal is None else self.journal.size,
         }
 
     def _respond(self, s: Session, ev: Respond) -> None:

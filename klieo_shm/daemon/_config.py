@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_PUBLISH_TIMEOUT",
     "DEFAULT_STORE_SIZE",
     "BrokerConfig",
+    "default_state_dir",
     "segment_prefix",
 ]
 
@@ -41,6 +42,16 @@ def segment_prefix(socket_path: str) -> str:
     return f"klieo-{digest}"
 
 
+def default_state_dir(socket_path: str) -> str:
+    """The state directory of a broker on ``socket_path``: beside the socket,
+    named after it (``klieo.sock`` -> ``klieo.state``). With the default
+    socket that is under ``$XDG_RUNTIME_DIR``, a tmpfs: it survives a broker
+    crash or restart, not a reboot."""
+    directory, name = os.path.split(os.path.abspath(socket_path))
+    stem = name[: -len(".sock")] if name.endswith(".sock") else name
+    return os.path.join(directory, stem + ".state")
+
+
 @dataclass(frozen=True, slots=True)
 class BrokerConfig:
     """Everything ``klieo-shmd`` can be told.
@@ -55,6 +66,10 @@ class BrokerConfig:
     members may connect (widens the socket dir and segments to the group).
     ``kv_size``: bytes of the first KV table segment; the table grows (a new
     segment, entries copied) up to ``kv_max_size``, then writes raise ``Full``.
+    ``state_dir``: where the journal lives (``""``: :func:`default_state_dir`;
+    ``None``: no journal, a restarted broker starts empty). ``fsync``:
+    ``always`` (every write), ``interval`` (at most ``fsync_interval``
+    seconds after a write) or ``never`` (left to the kernel).
     """
 
     socket_path: str = ""
@@ -67,6 +82,9 @@ class BrokerConfig:
     group: str | None = None
     kv_size: int = DEFAULT_KV_SIZE
     kv_max_size: int = DEFAULT_KV_MAX_SIZE
+    state_dir: str | None = ""
+    fsync: str = "interval"
+    fsync_interval: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.socket_path:
@@ -86,6 +104,12 @@ class BrokerConfig:
             raise ValueError(f"kv_size must be at least {MIN_KV_SIZE}")
         if self.kv_max_size < self.kv_size:
             raise ValueError("kv_max_size must be at least kv_size")
+        if self.state_dir == "":
+            object.__setattr__(self, "state_dir", default_state_dir(self.socket_path))
+        if self.fsync not in ("always", "interval", "never"):
+            raise ValueError(f"fsync must be always, interval or never, not {self.fsync!r}")
+        if not self.fsync_interval > 0:
+            raise ValueError("fsync_interval must be > 0")
 
     @property
     def prefix(self) -> str:

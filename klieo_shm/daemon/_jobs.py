@@ -34,6 +34,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -47,9 +48,20 @@ from .._values import DEFAULT_MAX_ATTEMPTS, check_duration, dedup_record, parse_
 from ..layout import SLOT, write_slot
 from ..protocol import Call, PublishBatch, Result
 from ..protocol._wire_errors import error_to_wire
+from ._journal import (
+    JOB_ACK,
+    JOB_ADD,
+    JOB_CLAIM,
+    JOB_DEAD,
+    JOB_DISCARD,
+    JOB_READY,
+    JOB_REQUEUE,
+)
+from ._leases import SWEEP_INTERVAL, holder_alive, same_process
 
 if TYPE_CHECKING:
     from ._broker import Broker, Session
+    from ._journal import Journal
     from ._pubsub import PubsubState
 
 __all__ = ["DedupIndex", "JobsState", "job_calls"]
@@ -92,6 +104,7 @@ class _Job:
         "attempts",
         "deadline",
         "dedup",
+        "holder",
         "id",
         "max_attempts",
         "payload",
@@ -114,6 +127,9 @@ class _Job:
         self.state = _READY
         self.token = 0
         self.session: Session | None = None
+        # (pid, start time) of a claim recovered after a broker restart whose
+        # holder has not reconnected yet (``session`` is then None)
+        self.holder: tuple[int, float] | None = None
         self.ttl = 0.0
         self.deadline = 0.0
 
@@ -216,6 +232,9 @@ class JobsState:
         self._tie = itertools.count()
         self._prefix = uuid.uuid4().hex[:10]
         self._next_id = 1
+        self.journal: Journal | None = None
+        self.orphans: set[_Job] = set()  # recovered claims whose holder has not come back
+        self._next_sweep = 0.0
 
     # --- lookups ---------------------------------------------------------------
     def peek(self, name: object) -> _Queue | None:
@@ -301,6 +320,10 @@ class JobsState:
         return ids
 
     def _insert(self, q: _Queue, new: list[_Job], size: int) -> None:
+        if self.journal is not None and new:
+            self.journal.append(
+                [JOB_ADD, q.name, [[j.id, j.payload, j.dedup, j.max_attempts, 0] for j in new]]
+            )
         q.jobs.update([(j.id, j) for j in new])
         q.ready.extend(new)
         self.live += len(new)
@@ -373,6 +396,9 @@ class JobsState:
             batch.append(job)
             out.append([job.id, job.payload, job.attempts, token, job.max_attempts, job.dedup])
         q.tokens = token
+        if self.journal is not None:
+            claims = [[job.id, job.token, job.attempts] for job in batch]
+            self.journal.append([JOB_CLAIM, q.name, s.pid, s.start_time, ttl, claims])
         heapq.heappush(self._leases, (deadline, next(self._tie), batch))
         held = self.held.get(s)
         if held is None:
@@ -426,12 +452,15 @@ class JobsState:
         conflicts: list[Any] = []
         queues = self.queues
         freed = False
+        acked: dict[str, list[str]] | None = {} if self.journal is not None else None
         for i, (qname, job_id, token, kind, arg) in enumerate(entries):
             q = queues.get(qname)
             job = q.jobs.get(job_id) if q is not None else None
             if job is not None and job.state == _CLAIMED and job.deadline <= now:
                 self._end(job, "lease expired", 0.0, now)
                 freed = True
+            if job is not None and job.holder is not None and job.session is None:
+                self._adopt(s, job)
             if job is None or job.state != _CLAIMED or job.token != token or job.session is not s:
                 current = job.token if job is not None and job.state == _CLAIMED else None
                 conflicts.append([i, token, current])
@@ -443,6 +472,8 @@ class JobsState:
                 self.live -= 1
                 self.live_bytes -= len(job.payload)
                 freed = True
+                if acked is not None:
+                    acked.setdefault(job.queue.name, []).append(job.id)
             elif kind == BEAT:
                 job.deadline = now + job.ttl
                 heapq.heappush(self._leases, (job.deadline, next(self._tie), [job]))
@@ -455,18 +486,39 @@ class JobsState:
                 self._unclaim(job)
                 job.attempts -= 1
                 job.state = _READY
+                if self.journal is not None:
+                    self.journal.append([JOB_READY, job.queue.name, job.id, job.attempts, 0])
                 job.queue.ready.appendleft(job)
                 if job.queue.waiters:
                     self._serve_waiters(job.queue)
             else:
                 raise InvalidArgument("kind", kind, "unknown resolve kind")
+        if acked:
+            for qname, ids in acked.items():
+                self.journal.append([JOB_ACK, qname, ids])  # type: ignore[union-attr]
         if freed and self.parked:
             self._unpark(now)
         return conflicts
 
-    @staticmethod
-    def _unclaim(job: _Job) -> None:
+    def _adopt(self, s: Session, job: _Job) -> None:
+        """A recovered claim's holder is back on a new connection: the claim
+        becomes that session's (its token still decides)."""
+        holder = job.holder
+        if holder is None or not same_process(holder[0], holder[1], s):
+            return
+        job.holder = None
+        job.session = s
+        self.orphans.discard(job)
+        held = self.held.get(s)
+        if held is None:
+            held = self.held[s] = _Held()
+        held.add(s, [job])
+
+    def _unclaim(self, job: _Job) -> None:
         job.session = None
+        if job.holder is not None:
+            job.holder = None
+            self.orphans.discard(job)
 
     def _end(self, job: _Job, cause: str, delay: float, now: float) -> None:
         """A claim ended without an ack: retry, or dead-letter past max_attempts."""
@@ -478,8 +530,13 @@ class JobsState:
             job.state = _DELAYED
             q.delayed += 1
             heapq.heappush(self._delayed, (now + delay, next(self._tie), job))
+            if self.journal is not None:
+                due = time.time() + delay
+                self.journal.append([JOB_READY, q.name, job.id, job.attempts, due])
         else:
             job.state = _READY
+            if self.journal is not None:
+                self.journal.append([JOB_READY, q.name, job.id, job.attempts, 0])
             q.ready.appendleft(job)
             if q.waiters:
                 self._serve_waiters(q)
@@ -493,6 +550,8 @@ class JobsState:
         self.live_bytes -= len(job.payload)
         job.state = _GONE
         q.dead[job.id] = [job.payload, job.attempts, reason, job.dedup, job.max_attempts]
+        if self.journal is not None:
+            self.journal.append([JOB_DEAD, q.name, job.id, reason, job.attempts])
         headers = {
             "job-id": job.id,
             "queue": q.name,
@@ -527,6 +586,8 @@ class JobsState:
         if d is None:
             raise NotFound("dead letter", str(job_id))
         job = _Job(q, str(job_id), d[0], d[3], d[4])
+        if self.journal is not None:
+            self.journal.append([JOB_REQUEUE, q.name, job.id])
         q.jobs[job.id] = job
         q.ready.append(job)
         self.live += 1
@@ -537,6 +598,8 @@ class JobsState:
     def discard(self, q: _Queue, job_id: object) -> None:
         if type(job_id) is not str or q.dead.pop(job_id, None) is None:
             raise NotFound("dead letter", str(job_id))
+        if self.journal is not None:
+            self.journal.append([JOB_DISCARD, q.name, job_id])
 
     def stats(self, q: _Queue) -> dict[str, int]:
         claimed = len(q.jobs) - len(q.ready) - q.delayed
@@ -569,6 +632,14 @@ class JobsState:
                 q.ready.append(job)
                 if q.waiters:
                     self._serve_waiters(q)
+        if self.orphans and now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_INTERVAL
+            for job in list(self.orphans):
+                holder = job.holder
+                if job.state != _CLAIMED or holder is None:
+                    self.orphans.discard(job)
+                elif not holder_alive(*holder):
+                    self._end(job, "worker gone", 0.0, now)
         for q in list(self.waiting):
             kept: deque[_Waiter] = deque()
             for w in q.waiters:

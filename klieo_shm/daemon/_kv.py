@@ -56,12 +56,14 @@ from .._values import check_duration
 from ..layout.kv_table import INDEX_OFF, required_size
 from ..layout.kv_table_writer import KvTableFull, KvTableWriter, copy_into, grow_geometry
 from ..protocol import Call, Result
+from ._journal import KV_DEL, KV_PUT
 from ._leases import LeaseState
 from ._segments import Segment
 
 if TYPE_CHECKING:
     from ._broker import Broker, Session
     from ._config import BrokerConfig
+    from ._journal import Journal
 
 __all__ = ["KV_CALLS", "MAX_WATCH_BUFFER", "KvState", "initial_index_slots"]
 
@@ -112,6 +114,7 @@ class KvState:
         self.watchers: dict[str, list[Watcher]] = {}
         self.watches: dict[Session, dict[int, Watcher]] = {}
         self.leases = LeaseState()
+        self.journal: Journal | None = None
         self.seg, self.table = self._new_table(
             initial_index_slots(config.kv_size), config.kv_size, 1
         )
@@ -194,6 +197,8 @@ class KvState:
         rev = self.revisions.get(bucket, 0) + 1
         self._store(bucket, key, value, rev)
         self.revisions[bucket] = rev
+        if self.journal is not None:
+            self.journal.append([KV_PUT, bucket, key, value, rev])
         if self._dead:
             self._dead.discard((bucket, key))
         if bucket in self.watchers:
@@ -217,6 +222,8 @@ class KvState:
         if self._store(bucket, key, None, rev):
             self.revisions[bucket] = rev
             self._dead.add((bucket, key))
+            if self.journal is not None:
+                self.journal.append([KV_DEL, bucket, key, rev])
             if bucket in self.watchers:
                 self._notify(bucket, (key, b"", rev, True))
 

@@ -32,11 +32,13 @@ from typing import TYPE_CHECKING, Final
 import psutil
 
 from .._errors import Conflict
+from ._journal import LEASE, LEASE_END
 
 if TYPE_CHECKING:
     from ._broker import Session
+    from ._journal import Journal
 
-__all__ = ["SWEEP_INTERVAL", "Grant", "LeaseState", "holder_alive"]
+__all__ = ["SWEEP_INTERVAL", "Grant", "LeaseState", "holder_alive", "same_process"]
 
 SWEEP_INTERVAL: Final = 1.0
 """Seconds between liveness sweeps of holders without a connection."""
@@ -62,6 +64,12 @@ def holder_alive(pid: int, start_time: float) -> bool:
     except psutil.Error:  # AccessDenied and the like: it exists, as far as we can tell
         return True
     return True
+
+
+def same_process(pid: int, start_time: float, s: Session) -> bool:
+    """Whether session ``s`` comes from the process ``pid`` started at
+    ``start_time`` (a holder reattaching after a broker restart)."""
+    return pid == s.pid and abs(start_time - s.start_time) <= _START_TOLERANCE
 
 
 class Grant:
@@ -90,6 +98,7 @@ class LeaseState:
     """Every lease of the broker, keyed by (bucket, key)."""
 
     def __init__(self) -> None:
+        self.journal: Journal | None = None
         self.grants: dict[Key, Grant] = {}
         self.tokens: dict[Key, int] = {}  # the last token handed out per key
         self.owned: dict[Session, set[Key]] = {}
@@ -115,6 +124,8 @@ class LeaseState:
         self.grants[k] = g
         self.owned.setdefault(s, set()).add(k)
         heapq.heappush(self._timers, (g.deadline, next(self._tie), k, token))
+        if self.journal is not None:
+            self.journal.append([LEASE, bucket, key, token, s.pid, s.start_time, ttl])
         return token
 
     def adopt(
@@ -161,6 +172,8 @@ class LeaseState:
             g = self.grants.get(k)
             if g is not None and g.session is s:
                 del self.grants[k]
+                if self.journal is not None:
+                    self.journal.append([LEASE_END, k[0], k[1], g.token])
 
     def holder(self, bucket: str, key: str, now: float) -> int | None:
         """The live token of the key's lease, if any."""
@@ -210,7 +223,7 @@ class LeaseState:
         g = self._live(k, now)
         if g is None:
             return None
-        if g.session is None and (g.pid, g.start_time) == (s.pid, s.start_time):
+        if g.session is None and same_process(g.pid, g.start_time, s):
             g.session = s  # the holder is back after a broker restart
             self.orphans.discard(k)
             self.owned.setdefault(s, set()).add(k)
@@ -226,6 +239,8 @@ class LeaseState:
     def _drop(self, k: Key, g: Grant) -> None:
         del self.grants[k]
         self.orphans.discard(k)
+        if self.journal is not None:
+            self.journal.append([LEASE_END, k[0], k[1], g.token])
         if g.session is not None:
             owned = self.owned.get(g.session)
             if owned is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from array import array
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
@@ -37,11 +38,13 @@ from ..protocol import (
     RemoteProtocolError,
     StreamEnd,
 )
-from ..protocol._frames import DELIVER_ID, MSG_DESC
+from ..protocol._frames import DELIVER_ID, MSG_DESC, PUB_DESC
+from ._journal import ACKED, DELIVERED, DURABLE, DURABLE_DEL, PUBLISH
 
 if TYPE_CHECKING:
     from ._broker import Session
     from ._config import BrokerConfig
+    from ._journal import Journal
 
 __all__ = ["Block", "Consumer", "Member", "PubsubState"]
 
@@ -57,13 +60,28 @@ _Routed = tuple[list[bytes], list[list["Consumer"]]]
 
 
 class Block:
-    """One publish batch in the store; freed when ``refs`` reaches 0."""
+    """One publish batch in the store; freed when ``refs`` reaches 0.
+    ``span`` bytes at ``off`` hold the batch's region after its slot header;
+    ``descs`` (packed ``PUB_DESC``) and ``subjects`` describe its messages,
+    the first of which got sequence ``first`` (kept for journal snapshots)."""
 
-    __slots__ = ("off", "refs")
+    __slots__ = ("descs", "first", "off", "refs", "span", "subjects")
 
-    def __init__(self, off: int, refs: int) -> None:
+    def __init__(
+        self,
+        off: int,
+        refs: int,
+        span: int = 0,
+        first: int = 0,
+        descs: bytes = b"",
+        subjects: bytes = b"",
+    ) -> None:
         self.off = off
         self.refs = refs
+        self.span = span
+        self.first = first
+        self.descs = descs
+        self.subjects = subjects
 
 
 class Member:
@@ -124,6 +142,7 @@ class PubsubState:
         self.parked: set[Session] = set()
         self._delayed: list[tuple[float, int, Consumer, Message, int]] = []
         self._tie = itertools.count()
+        self.journal: Journal | None = None
 
     # --- durables ------------------------------------------------------------
     def subscribe(
@@ -136,12 +155,16 @@ class PubsubState:
             c = Consumer(durable, pattern, ack_wait if ack_wait is not None else 30.0)
             self.consumers[durable] = c
             self.routes.clear()
+            if self.journal is not None:
+                self.journal.append([DURABLE, durable, pattern, c.ack_wait])
         elif c.pattern != pattern:
             raise InvalidArgument(
                 "subject", pattern, f"durable {durable!r} already consumes {c.pattern!r}"
             )
-        elif ack_wait is not None:
+        elif ack_wait is not None and ack_wait != c.ack_wait:
             c.ack_wait = ack_wait
+            if self.journal is not None:
+                self.journal.append([DURABLE, durable, pattern, ack_wait])
         m = Member(s, sub_id, c)
         c.members.append(m)
         s.members[sub_id] = m
@@ -178,6 +201,8 @@ class PubsubState:
         if c is None:
             raise NotFound("durable", name)
         self.routes.clear()
+        if self.journal is not None:
+            self.journal.append([DURABLE_DEL, name])
         for m in list(c.members):
             # Its unacked deliveries stay with the session until acked or the
             # session ends: their frames may still be in flight, so their
@@ -261,10 +286,13 @@ class PubsubState:
         # SYNC POINT: payload bytes written to the store before the DeliverBatch
         # naming them is sent (the socket write orders them for the reader).
         self.store[off : off + span] = s.arena[src : src + span]
-        block = Block(off, refs)
-        base = off - SLOT.size
         first = self.seq + 1
         self.seq += n
+        if self.journal is None:
+            block = Block(off, refs)
+        else:
+            block = self._journal_publish(ev, routed, off, span, refs, first)
+        base = off - SLOT.size
         dirty = self.dirty
         pack = MSG_DESC.pack
         last: list[Consumer] | None = None
@@ -284,6 +312,35 @@ class PubsubState:
         self._usage()
         s.send(PubAck(ev.batch_no, first, n, PUBACK_OK))
         return True
+
+    def _journal_publish(
+        self,
+        ev: PublishBatch,
+        routed: list[list[Consumer]],
+        off: int,
+        span: int,
+        refs: int,
+        first: int,
+    ) -> Block:
+        """Record a stored batch: its region, descriptors and, per message,
+        the durables it went to (as an index into a table of durable lists)."""
+        pack = PUB_DESC.pack
+        descs = b"".join([pack(*d) for d in ev.descs])
+        table: dict[int, int] = {}
+        routes: list[list[str]] = []
+        route_of = array("H")
+        for cons in routed:
+            i = table.get(id(cons))
+            if i is None:
+                i = table[id(cons)] = len(routes)
+                routes.append([c.name for c in cons])
+            route_of.append(i)
+        region = bytes(self.store[off : off + span])
+        assert self.journal is not None
+        self.journal.append(
+            [PUBLISH, first, region, descs, ev.subjects, routes, route_of.tobytes()]
+        )
+        return Block(off, refs, span, first, descs, ev.subjects)
 
     def _unpark(self, now: float) -> None:
         for s in list(self.parked):
@@ -339,6 +396,8 @@ class PubsubState:
             subjects: list[bytes] = []
             deliveries = s.deliveries
             pack_id, popleft = DELIVER_ID.pack, pending.popleft
+            journal = self.journal
+            seqs = array("q") if journal is not None else None
             for did in range(first, first + take):
                 msg = popleft()
                 if counts:
@@ -348,6 +407,8 @@ class PubsubState:
                 else:
                     dcount = 1
                 deliveries[did] = (m, msg, deadline, dcount)
+                if seqs is not None:
+                    seqs.append(msg[0])
                 parts.append(pack_id(did, dcount))
                 parts.append(msg[2])
                 subjects.append(msg[1])
@@ -355,6 +416,8 @@ class PubsubState:
             m.inflight += take
             c.outstanding += take
             heapq.heappush(c.timers, (deadline, next(self._tie), s, first, first + take - 1))
+            if seqs is not None:
+                journal.append([DELIVERED, c.name, seqs.tobytes()])  # type: ignore[union-attr]
             s.send(DeliverBatch(m.sub_id, take, b"".join(parts), b"".join(subjects)))
 
     # --- acks ----------------------------------------------------------------
@@ -367,6 +430,7 @@ class PubsubState:
         """
         deliveries, top = s.deliveries, s.next_did
         pop = deliveries.pop
+        acked: dict[Consumer, array[int]] | None = {} if self.journal is not None else None
         for first, n, kind, delay_ms in ranges:
             if first < 1 or first + n > top:
                 raise RemoteProtocolError(
@@ -399,6 +463,11 @@ class PubsubState:
                     bn += 1
                     if dcount > 1:
                         m.consumer.counts.pop(msg[0], None)
+                    if acked is not None:
+                        seqs = acked.get(m.consumer)
+                        if seqs is None:
+                            seqs = acked[m.consumer] = array("q")
+                        seqs.append(msg[0])
                 else:
                     naks.append((m.consumer, msg, dcount))
             if last_m is not None:
@@ -415,6 +484,9 @@ class PubsubState:
                     heapq.heappush(self._delayed, (due, next(self._tie), c, msg, dcount))
                 else:
                     c.pending.appendleft(msg)
+        if acked:
+            for c, seqs in acked.items():
+                self.journal.append([ACKED, c.name, seqs.tobytes()])  # type: ignore[union-attr]
         self._usage()
 
     def _settle(self, m: Member, n: int) -> None:

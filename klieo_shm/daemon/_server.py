@@ -56,6 +56,8 @@ class _Conn(asyncio.BufferedProtocol):
 
     def _flush(self) -> None:
         out = self._out
+        if out:
+            self.broker.flush_journal()  # never tell a client what is not journalled
         if out and self.transport is not None and not self.transport.is_closing():
             data = out[0] if len(out) == 1 else b"".join(out)
             out.clear()

@@ -1,0 +1,237 @@
+"""The broker's journal: one append-only file of state changes in the state
+directory, written before any client hears that a change happened.
+
+Contract:
+
+* every change a client may be told about (a stored publish, an ack, an
+  enqueue, a claim, a put...) is appended with :meth:`Journal.append` while
+  the broker handles the frame; :meth:`Journal.flush` writes the records with
+  one ``write`` and, under ``fsync="always"``, ``fsync``s them. The server
+  calls ``flush`` before it writes any answer to a socket, so a client is
+  never told of a change the journal does not hold;
+* ``fsync="interval"`` syncs at most ``interval`` seconds after a write
+  (:meth:`Journal.sync_due`), ``"never"`` leaves it to the kernel. On tmpfs
+  (the default state directory) the three are equal: the file survives a
+  broker crash, not a reboot;
+* :meth:`Journal.rewrite` replaces the file by a snapshot (records that
+  rebuild the current state), atomically (a new file, fsync, rename), so the
+  journal does not grow without bound;
+* one broker per state directory: an exclusive ``flock`` on ``lock``.
+
+Record bodies are msgpack arrays whose first item is one of the ops below
+(file framing: ``klieo_shm.layout.journal``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Iterable
+from typing import Any, Final
+
+import msgpack
+
+from ..layout.journal import (
+    JOURNAL_HEADER,
+    JournalFormatError,
+    check_journal_header,
+    frame_record,
+    journal_header,
+    scan_records,
+)
+
+__all__ = ["FSYNC_POLICIES", "Journal", "StateDirError"]
+
+log = logging.getLogger("klieo.shmd")
+
+FSYNC_POLICIES: Final = ("always", "interval", "never")
+COMPACT_MIN: Final = 64 << 20
+"""The journal is rewritten once it is this big and four times its last snapshot."""
+
+# ops (first item of a record body)
+SEQ: Final = 1  # [SEQ, last publish sequence]
+DURABLE: Final = 2  # [DURABLE, name, pattern, ack_wait]
+DURABLE_DEL: Final = 3  # [DURABLE_DEL, name]
+PUBLISH: Final = 4  # [PUBLISH, first_seq, region, descs, subjects, routes, route_of]
+DELIVERED: Final = 5  # [DELIVERED, durable, seqs]  each delivered once more
+ACKED: Final = 6  # [ACKED, durable, seqs]
+COUNTS: Final = 7  # [COUNTS, durable, seqs, counts]  (snapshots)
+JOB_ADD: Final = 10  # [JOB_ADD, queue, [[id, payload, dedup, max_attempts, attempts]...]]
+JOB_CLAIM: Final = 11  # [JOB_CLAIM, queue, pid, start, ttl, [[id, token, attempts]...]]
+JOB_ACK: Final = 12  # [JOB_ACK, queue, [ids]]
+JOB_READY: Final = 13  # [JOB_READY, queue, id, attempts, due (wall clock, 0: now)]
+JOB_DEAD: Final = 14  # [JOB_DEAD, queue, id, reason, attempts]
+JOB_REQUEUE: Final = 15  # [JOB_REQUEUE, queue, id]
+JOB_DISCARD: Final = 16  # [JOB_DISCARD, queue, id]
+JOB_TOKENS: Final = 17  # [JOB_TOKENS, queue, last token]  (snapshots)
+JOB_LETTER: Final = 18  # [JOB_LETTER, queue, id, payload, attempts, reason, dedup, max]
+KV_PUT: Final = 20  # [KV_PUT, bucket, key, value, revision]
+KV_DEL: Final = 21  # [KV_DEL, bucket, key, revision]
+KV_REV: Final = 22  # [KV_REV, bucket, revision]  (snapshots)
+LEASE: Final = 23  # [LEASE, bucket, key, token, pid, start, ttl]
+LEASE_END: Final = 24  # [LEASE_END, bucket, key, token]
+LEASE_TOKEN: Final = 25  # [LEASE_TOKEN, bucket, key, last token]  (snapshots)
+
+
+class StateDirError(RuntimeError):
+    """The state directory cannot be used (locked, foreign, other version)."""
+
+
+class Journal:
+    """The open journal of one state directory (see the module docstring)."""
+
+    def __init__(self, directory: str, fsync: str = "interval", interval: float = 1.0) -> None:
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, not {fsync!r}")
+        self.directory = directory
+        self.fsync = fsync
+        self.interval = interval
+        self.path = os.path.join(directory, "journal")
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self._lock = os.open(os.path.join(directory, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock)
+            raise StateDirError(
+                f"state directory {directory} is in use by another klieo-shmd"
+            ) from None
+        self._fd = -1
+        self._out: list[bytes] = []
+        self._pack = msgpack.Packer(use_bin_type=True).pack
+        self.size = 0
+        self.snapshot_size = 0
+        self.rewrites = 0
+        self._unsynced = False
+        self._synced_at = time.monotonic()
+
+    # --- reading ---------------------------------------------------------------
+    def load(self) -> list[Any]:
+        """The records of the existing journal (none for a new directory).
+        A torn or corrupt tail is cut off (and logged); a file of another
+        format raises ``StateDirError`` naming both versions."""
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        try:
+            check_journal_header(data[: JOURNAL_HEADER.size])
+        except JournalFormatError as exc:
+            raise StateDirError(f"state directory {self.directory}: {exc}") from None
+        records = []
+        end = JOURNAL_HEADER.size
+        unpack = msgpack.unpackb
+        for end, body in scan_records(data):  # noqa: B007 -- ``end`` is used after the loop
+            records.append(unpack(body, raw=False, strict_map_key=False))
+        if end < len(data):
+            log.warning(
+                "journal %s: ignoring %d bytes after offset %d (a record cut short by a crash)",
+                self.path,
+                len(data) - end,
+                end,
+            )
+        self.size = end
+        return records
+
+    # --- writing ---------------------------------------------------------------
+    def rewrite(self, records: Iterable[list[Any]]) -> None:
+        """Replace the journal by ``records`` (a snapshot), atomically; the
+        journal then stays open for appends."""
+        self.flush()
+        tmp = self.path + ".new"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        size = 0
+        try:
+            chunk: list[bytes] = [journal_header()]
+            pending = len(chunk[0])
+            pack = self._pack
+            for rec in records:
+                framed = frame_record(pack(rec))
+                chunk.append(framed)
+                pending += len(framed)
+                if pending >= 1 << 20:
+                    size += _write_all(fd, b"".join(chunk))
+                    chunk, pending = [], 0
+            size += _write_all(fd, b"".join(chunk))
+            if self.fsync != "never":
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        os.rename(tmp, self.path)
+        if self.fsync != "never":
+            _fsync_dir(self.directory)
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = fd
+        os.lseek(fd, 0, os.SEEK_END)
+        self.size = self.snapshot_size = size
+        self.rewrites += 1
+        self._unsynced = False
+
+    def append(self, record: list[Any]) -> None:
+        """Queue ``record``; it reaches the file at the next :meth:`flush`."""
+        self._out.append(frame_record(self._pack(record)))
+
+    def flush(self) -> None:
+        """Write the queued records (and fsync them under ``"always"``)."""
+        out = self._out
+        if not out or self._fd < 0:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self.size += _write_all(self._fd, data)
+        if self.fsync == "always":
+            os.fsync(self._fd)
+        else:
+            self._unsynced = True
+
+    def sync_due(self, now: float) -> None:
+        """Under ``"interval"``: fsync when a write is older than the interval."""
+        if self._unsynced and self.fsync == "interval" and now - self._synced_at >= self.interval:
+            os.fsync(self._fd)
+            self._unsynced = False
+            self._synced_at = now
+
+    def wants_compaction(self) -> bool:
+        return self.size >= COMPACT_MIN and self.size >= 4 * self.snapshot_size
+
+    def close(self) -> None:
+        """Flush, sync and close; the state stays in the directory. Idempotent."""
+        if self._fd >= 0:
+            try:
+                self.flush()
+                if self.fsync != "never":
+                    os.fsync(self._fd)
+            finally:
+                os.close(self._fd)
+                self._fd = -1
+        if self._lock >= 0:
+            os.close(self._lock)
+            self._lock = -1
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+
+def _write_all(fd: int, data: bytes) -> int:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+    return len(data)
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
