@@ -76,6 +76,12 @@ class Msg(_Resolvable):
     :class:`~klieo_shm.AlreadyAcknowledged`. Without any of them the message
     is redelivered after the consumer's ``ack_wait``, or at once when the
     member holding it goes away.
+
+    A delivery belongs to the connection it came on. On the ``shm`` backend,
+    once the client has reconnected to the broker (after a broker restart),
+    ack/nak/term/in_progress of a message delivered before do nothing (its
+    delivery id means nothing on the new connection) and the broker
+    redelivers that message: at-least-once, never an error.
     """
 
     __slots__ = ("_impl", "delivery_count", "headers", "payload", "seq", "subject")

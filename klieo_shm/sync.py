@@ -8,6 +8,11 @@ thread; a bus used in a forked child notices the new pid and reconnects on
 first use (handles taken before the fork — streams, leases, claims — belong
 to the parent and are not usable in the child). Request handlers given to
 ``serve`` run in a worker thread, so they may block.
+
+A broker restart is ridden through as by the async flavour (its client
+reconnects on the loop thread): streams, services and watches resume, and a
+blocking call made while the client reconnects waits for it (bounded by the
+reconnect window, see :mod:`klieo_shm.shm`).
 """
 
 from __future__ import annotations

@@ -37,6 +37,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="ID",
         help="run the conformance suite only for this backend (memory, shm, nats; repeatable)",
     )
+    parser.addoption(
+        "--chaos-long",
+        action="store_true",
+        default=False,
+        help="run the long chaos test (20 broker restarts) instead of the short one",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

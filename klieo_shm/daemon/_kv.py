@@ -31,7 +31,7 @@ kv_put          bucket, key, value                           revision
 kv_cas          bucket, key, value, expected (int|None)      revision
 kv_delete       bucket, key                                  None
 kv_keys         bucket                                       sorted keys
-kv_watch        watch_id, bucket, pattern                    {}
+kv_watch        watch_id, bucket, pattern                    {rev: bucket's last}
 kv_watch_next   watch_id                                     changes | None
 kv_unwatch      watch_id                                     {}
 kv_lease        bucket, key, ttl                             token
@@ -411,7 +411,7 @@ def _c_watch(b: Broker, s: Session, ev: Call, now: float) -> object:
     bucket = validate_bucket(a["bucket"])
     pattern = validate_key_pattern(a["pattern"])
     b.kv.watch(s, _int(a, "watch_id"), bucket, pattern)
-    return {}
+    return {"rev": b.kv.revisions.get(bucket, 0)}
 
 
 def _c_watch_next(b: Broker, s: Session, ev: Call, now: float) -> object:

@@ -1,7 +1,17 @@
 """The ``shm://`` backend: a client of the ``klieo-shmd`` broker.
 
 ``shm://`` uses the default socket path; ``shm:///run/user/1000/klieo/klieo.sock``
-names one. Query and fragment are ignored (tests use them to label buses).
+names one. The query parameter ``reconnect_timeout`` (seconds, e.g.
+``shm:///run/klieo.sock?reconnect_timeout=5``) bounds how long the client
+keeps reconnecting after the broker went away (default
+``$KLIEO_RECONNECT_TIMEOUT``, else 30; ``0`` gives up at once); other query
+parameters and the fragment are ignored (tests use them to label buses).
+
+A broker restart on the same socket is ridden through: the client reconnects
+by itself, streams re-subscribe, services re-register, watches resume, claims
+and leases keep their tokens; operations in flight at the loss raise
+:class:`ConnectionInterrupted` (a ``Closed``), later ones wait for the new
+connection (see ``_client``).
 Payloads go through shared memory: published payloads are written into this
 client's tx arena, delivered ones are copied out of the broker's read-only
 store (three copies in all). Request/reply payloads travel inline in control
@@ -13,16 +23,28 @@ read-only mapping (see ``_kv``).
 
 from __future__ import annotations
 
-from urllib.parse import unquote, urlsplit
+import asyncio
+import math
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from .._bus import Bus, default_socket_path
-from .._errors import Closed
-from ._client import ShmClient
+from .._errors import BusError, InvalidArgument
+from ._client import ENV_RECONNECT_TIMEOUT, RECONNECT_TIMEOUT, ConnectionInterrupted, ShmClient
 from ._jobs import ShmJobQueue
 from ._kv import ShmKvStore
 from ._pubsub import ShmPubsub, ShmRequestReply
 
-__all__ = ["ShmClient", "ShmPubsub", "ShmRequestReply", "open_bus", "socket_path_of"]
+__all__ = [
+    "ENV_RECONNECT_TIMEOUT",
+    "RECONNECT_TIMEOUT",
+    "ConnectionInterrupted",
+    "ShmClient",
+    "ShmPubsub",
+    "ShmRequestReply",
+    "open_bus",
+    "reconnect_timeout_of",
+    "socket_path_of",
+]
 
 
 def socket_path_of(url: str) -> str:
@@ -32,21 +54,43 @@ def socket_path_of(url: str) -> str:
     return path or default_socket_path()
 
 
+def reconnect_timeout_of(url: str) -> float | None:
+    """The URL's ``reconnect_timeout`` query parameter (``None`` if absent)."""
+    values = parse_qs(urlsplit(url).query).get("reconnect_timeout")
+    if not values:
+        return None
+    raw = values[-1]
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise InvalidArgument("reconnect_timeout", raw, "must be seconds (a number)") from None
+    if not (seconds >= 0.0 and math.isfinite(seconds)):
+        raise InvalidArgument("reconnect_timeout", raw, "must be finite and >= 0")
+    return seconds
+
+
 async def open_bus(url: str) -> Bus:
     """Connect to the broker at the URL's socket; ``Closed`` naming the
     socket when no broker answers there."""
-    client = ShmClient(socket_path_of(url))
+    client = ShmClient(socket_path_of(url), reconnect_timeout=reconnect_timeout_of(url))
     pubsub = ShmPubsub(client)
     requests = ShmRequestReply(client)
     jobs = ShmJobQueue(client)
     kv = ShmKvStore(client)
 
-    def lost(exc: Exception) -> None:
-        pubsub.end_all(Closed(client.socket_path, "klieo-shmd went away"))
+    def lost(exc: Exception) -> None:  # gave up reconnecting
+        error = exc if isinstance(exc, BusError) else BusError(str(exc))
+        pubsub.end_all(error)
         requests.end_all()
-        kv.end_all(Closed(client.socket_path, "klieo-shmd went away"))
+        kv.end_all(error)
+
+    async def restore() -> None:  # on a new connection, before anything else uses it
+        await jobs.restore()  # resolutions queued meanwhile go first
+        await asyncio.gather(pubsub.restore(), requests.restore(), kv.restore())
 
     client.on_lost = lost
+    client.on_interrupted = pubsub.interrupted
+    client.on_restore = restore
     await client.ensure()
 
     async def close() -> None:

@@ -14,18 +14,42 @@ before any later frame, so ``close()`` after ``ack()`` never loses the ack.
 Fork safety: the client remembers its pid; in a forked child the first use
 forgets the parent's connection and mappings (without touching them) and
 connects afresh. A client is used from one event loop.
+
+Reconnection: when the connection is lost (the broker died, or closed this
+connection) -- not by :meth:`ShmClient.close`, not in a forked child -- the
+client reconnects by itself in a background task, retrying with exponential
+backoff (20 ms doubling to 1 s) for up to ``reconnect_timeout`` seconds
+(default 30; the ``reconnect_timeout`` query parameter of the ``shm://`` URL,
+else the ``KLIEO_RECONNECT_TIMEOUT`` environment variable). Then:
+
+- Operations in flight at the loss fail at once with
+  :class:`ConnectionInterrupted` (a ``Closed``): the operation may or may not
+  have taken effect. Publishes awaiting their ``PubAck`` fail the same way
+  (retrying may duplicate, as at-least-once allows).
+- Operations started while reconnecting wait for the new connection.
+- On the new connection the owner's ``on_restore`` hook runs first (streams
+  re-subscribe, services re-register, watches re-watch), then the waiting
+  operations go on. ``gen`` counts connections: handles bound to an older
+  one (delivery ids are per connection) know they are stale with one int
+  compare, and the connected path pays nothing else.
+- After the window, the client gives up: ``on_lost`` ends every stream, and
+  every pending and later operation raises ``Closed`` naming the socket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import logging
 import os
 from collections import deque
-from collections.abc import Callable
-from typing import Any, Final
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, Final
 
-from .._errors import BusError, Closed, Full, ProtocolError
+import posix_ipc
+
+from .._errors import BusError, Closed, Full, InvalidArgument, ProtocolError
 from ..layout import SLOT, RingAllocator, open_arena, open_store, write_slot
 from ..protocol import (
     ACK_KIND_ACK,
@@ -51,10 +75,51 @@ from ..protocol import (
 from ..protocol._wire_errors import error_from_wire
 from ._maps import Mapping
 
-__all__ = ["ShmClient"]
+__all__ = [
+    "ENV_RECONNECT_TIMEOUT",
+    "RECONNECT_TIMEOUT",
+    "ConnectionInterrupted",
+    "ShmClient",
+    "reconnect_timeout_from_env",
+]
+
+log: Final = logging.getLogger("klieo_shm.shm")
 
 _BATCH_BYTES: Final = 4 << 20
 _READ_BUFFER: Final = 256 << 10
+
+RECONNECT_TIMEOUT: Final = 30.0
+"""Seconds a client keeps trying to reconnect after losing the broker."""
+ENV_RECONNECT_TIMEOUT: Final = "KLIEO_RECONNECT_TIMEOUT"
+_BACKOFF_FIRST: Final = 0.02
+_BACKOFF_MAX: Final = 1.0
+
+
+def reconnect_timeout_from_env() -> float:
+    """``$KLIEO_RECONNECT_TIMEOUT`` as seconds, else :data:`RECONNECT_TIMEOUT`."""
+    raw = os.environ.get(ENV_RECONNECT_TIMEOUT)
+    if not raw:
+        return RECONNECT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidArgument(ENV_RECONNECT_TIMEOUT, raw, "must be seconds (a number)") from None
+    if not value >= 0.0 or value == float("inf"):
+        raise InvalidArgument(ENV_RECONNECT_TIMEOUT, raw, "must be finite and >= 0")
+    return value
+
+
+class ConnectionInterrupted(Closed):
+    """The connection to klieo-shmd broke while this operation was in flight.
+
+    The operation may or may not have taken effect. The client is
+    reconnecting: retrying is possible (``transient`` is True), and a retry
+    waits for the new connection. Once the client gives up, operations raise
+    a plain :class:`~klieo_shm.Closed` instead.
+    """
+
+    transient: ClassVar[bool] = True
+
 
 # Fork detection without a getpid() syscall per call: bumped in every child.
 _forks = [0]
@@ -97,20 +162,48 @@ class _Proto(asyncio.BufferedProtocol):
 class ShmClient:
     """One connection to the broker at ``socket_path``."""
 
-    def __init__(self, socket_path: str, name: str = "") -> None:
+    """One connection to the broker at ``socket_path``, reconnecting by itself
+    (see the module docstring) for up to ``reconnect_timeout`` seconds
+    (``None``: ``$KLIEO_RECONNECT_TIMEOUT``, else 30).
+
+    Hooks the owner sets: ``on_deliver``, ``on_incoming``, ``on_stream_end``
+    (events); ``on_interrupted`` (the connection broke, reconnecting);
+    ``on_restore`` (awaited on a new connection before anything else uses
+    it; it may only use :meth:`call_direct` and :meth:`send`); ``on_lost``
+    (the client gave up).
+    """
+
+    def __init__(
+        self, socket_path: str, name: str = "", reconnect_timeout: float | None = None
+    ) -> None:
         self.socket_path = socket_path
         self.name = name or f"pid{os.getpid()}"
+        if reconnect_timeout is None:
+            reconnect_timeout = reconnect_timeout_from_env()
+        self.reconnect_timeout = reconnect_timeout
         self._pid = -1
         self._fork_gen = -1
         self._lock: asyncio.Lock | None = None
         self._closed = False
+        self.gen = 0
+        """Connection generation: bumped for every new connection (attempt)."""
         self.on_deliver: Callable[[DeliverBatch], None] = lambda ev: None
         self.on_incoming: Callable[[Incoming], None] = lambda ev: None
         self.on_stream_end: Callable[[StreamEnd], None] = lambda ev: None
+        self.on_interrupted: Callable[[], None] = lambda: None
+        self.on_restore: Callable[[], Awaitable[None]] | None = None
         self.on_lost: Callable[[BusError], None] = lambda exc: None
+        self._forget_reconnect()
         self._reset()
 
+    def _forget_reconnect(self) -> None:
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._reconnected: asyncio.Future[Closed | None] | None = None
+        self._gone: Closed | None = None  # set once the client gave up
+
     def _reset(self) -> None:
+        self.gen += 1
+        self._ready = False  # handshake done (and, after a loss, state restored)
         self._proto: _Proto | None = None
         self._transport: asyncio.Transport | None = None
         self._conn = Connection("client")
@@ -145,30 +238,49 @@ class ShmClient:
 
     @property
     def connected(self) -> bool:
-        return self._transport is not None and self._fork_gen == _forks[0] and self._lost is None
+        """Whether operations can go out now (not while reconnecting)."""
+        return self._ready and self._fork_gen == _forks[0]
+
+    @property
+    def reconnecting(self) -> bool:
+        """Whether the connection was lost and a reconnection is under way."""
+        return self._reconnected is not None and self._fork_gen == _forks[0]
 
     async def ensure(self) -> None:
-        """Connect if not connected (first use, after fork, after the broker
-        restarted). Raises ``Closed`` naming the socket when it cannot."""
-        if self._closed:
-            raise Closed(self.socket_path, "this bus was closed")
-        if self.connected:
-            return
-        if self._fork_gen != _forks[0]:  # fresh, or a forked child: forget, never touch
-            self._fork_gen = _forks[0]
-            self._pid = os.getpid()
-            self._lock = None
-            self._reset()
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if not self.connected:
-                await self._connect()
+        """Connect if not connected (first use, after fork); wait while
+        reconnecting. Raises ``Closed`` naming the socket when it cannot, or
+        once the client gave up reconnecting."""
+        while True:
+            if self._closed:
+                raise Closed(self.socket_path, "this bus was closed")
+            if self.connected:
+                return
+            if self._fork_gen != _forks[0]:  # fresh, or a forked child: forget, never touch
+                self._fork_gen = _forks[0]
+                self._pid = os.getpid()
+                self._lock = None
+                self._forget_reconnect()
+                self._reset()
+            if self._gone is not None:
+                raise Closed(self.socket_path, self._gone.reason)
+            waiting = self._reconnected
+            if waiting is not None:
+                failed = await asyncio.shield(waiting)
+                if failed is not None:
+                    raise Closed(self.socket_path, failed.reason)
+                continue  # connected again (or lost again meanwhile: look again)
+            if self._lock is None:
+                self._lock = asyncio.Lock()
+            async with self._lock:
+                if not self.connected and self._reconnected is None and not self._closed:
+                    await self._connect()
+                    self._ready = True
 
     async def _connect(self) -> None:
-        if self._transport is not None or self._lost is not None:
-            self._teardown()
-            self._reset()
+        """One attempt: connect, handshake, map. Starts from a fresh state
+        (a new generation); on failure leaves nothing open."""
+        self._teardown()
+        self._reset()
         loop = asyncio.get_running_loop()
         try:
             transport, proto = await loop.create_unix_connection(
@@ -195,7 +307,7 @@ class ShmClient:
             self._store_map = Mapping(welcome.store_name, welcome.store_size, writable=False)
             self.arena = open_arena(self._arena_map.view, welcome.client_id)
             self.store = open_store(self._store_map.view)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, posix_ipc.Error) as exc:
             self._teardown()
             raise Closed(self.socket_path, f"cannot map the broker's segments: {exc}") from exc
         self._ring = RingAllocator(len(self.arena))
@@ -205,6 +317,7 @@ class ShmClient:
         if self._transport is not None:
             self._transport.abort()
         self._transport = None
+        self._proto = None  # what the old transport still reports is ignored
         self.arena = self.store = memoryview(b"")
         for m in (self._arena_map, self._store_map):
             if m is not None:
@@ -221,8 +334,68 @@ class ShmClient:
         if self._transport is not None and self._lost is None:
             self._flush()
             self._transport.close()
-        self._fail_all(Closed(self.socket_path, "this bus was closed"))
+            self._transport = None
+        closed = Closed(self.socket_path, "this bus was closed")
+        self._ready = False
+        self._fail_all(closed)
+        task, waiting = self._reconnect_task, self._reconnected
+        self._reconnect_task = self._reconnected = None
+        if waiting is not None and not waiting.done():
+            waiting.set_result(closed)
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         self._teardown()
+
+    # --- reconnecting ---------------------------------------------------------
+    def _start_reconnect(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._reconnected = loop.create_future()
+        self._reconnect_task = loop.create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        """Connect again with backoff; restore the owner's state; then let
+        the waiting operations go on. Gives up after ``reconnect_timeout``."""
+        loop = asyncio.get_running_loop()
+        self._teardown()  # the dead connection's mappings, at once
+        deadline = loop.time() + self.reconnect_timeout
+        delay = _BACKOFF_FIRST
+        why = "klieo-shmd went away"
+        while not self._closed:
+            try:
+                await self._connect()
+                if self.on_restore is not None:
+                    await self.on_restore()
+                if self._lost is not None:  # lost again while restoring
+                    raise self._lost
+            except Exception as exc:  # a bug in a restore hook must not hang the waiters
+                if not isinstance(exc, BusError):
+                    log.warning("reconnecting to %s failed", self.socket_path, exc_info=True)
+                why = f"klieo-shmd went away and did not come back ({exc})"
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 2, _BACKOFF_MAX)
+                continue
+            self._ready = True
+            waiting = self._reconnected
+            self._reconnect_task = self._reconnected = None
+            if waiting is not None and not waiting.done():
+                waiting.set_result(None)
+            return
+        if self._closed:
+            return
+        gone = self._gone = Closed(
+            self.socket_path, f"{why}; gave up after {self.reconnect_timeout:g} s"
+        )
+        waiting = self._reconnected
+        self._reconnect_task = self._reconnected = None
+        self._teardown()
+        if waiting is not None and not waiting.done():
+            waiting.set_result(gone)
+        self.on_lost(gone)
 
     # --- receiving -----------------------------------------------------------
     def _on_data(self, proto: _Proto, data: memoryview) -> None:
@@ -265,13 +438,25 @@ class ShmClient:
     def _lose(self, exc: BusError) -> None:
         if self._lost is not None:
             return
+        was_ready = self._ready
         self._lost = exc
+        self._ready = False
         if self._handshake is not None and not self._handshake.done():
             self._handshake.set_exception(exc)
         if self._transport is not None:
             self._transport.abort()
-        self._fail_all(exc)
-        self.on_lost(exc)
+        reconnect = was_ready and not self._closed and self._fork_gen == _forks[0]
+        if reconnect and self._reconnect_task is None:
+            self._start_reconnect()  # before failing anything: retries wait for it
+        cause = exc.reason if isinstance(exc, Closed) else str(exc)
+        self._fail_all(
+            ConnectionInterrupted(
+                self.socket_path,
+                f"{cause} with this operation in flight; it may or may not have taken effect",
+            )
+        )
+        if reconnect:
+            self.on_interrupted()
 
     def _fail_all(self, exc: BusError) -> None:
         calls, self._calls = self._calls, {}
@@ -324,7 +509,7 @@ class ShmClient:
     # --- sending -------------------------------------------------------------
     def _check_usable(self) -> None:
         if self._lost is not None:
-            raise Closed(self.socket_path, f"connection lost: {self._lost}")
+            raise ConnectionInterrupted(self.socket_path, f"connection lost: {self._lost}")
 
     def _write(self, data: bytes) -> None:
         self._out.append(data)
@@ -387,6 +572,15 @@ class ShmClient:
         finally:
             timer.cancel()
             self._calls.pop(call_id, None)
+
+    async def call_direct(self, method: str, args: dict[str, Any]) -> Any:
+        """``call`` on the current connection without waiting for it to be
+        ready: for ``on_restore``, which runs before waiting operations go on."""
+        call_id = next(self._call_ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._calls[call_id] = fut
+        self.send(Call(call_id, method, args))
+        return await fut
 
     # --- acks ----------------------------------------------------------------
     def ack(self, delivery_id: int, kind: int = ACK_KIND_ACK, delay_ms: int = 0) -> None:

@@ -28,6 +28,17 @@ Speed without changing the contract:
   taken over. A notification that reaches the broker too late after all
   (this event loop blocked for longer than the margin) is logged there and
   the job is retried: at-least-once still holds.
+
+Reconnection (see ``_client``): a claim belongs to this process, not to one
+connection, and keeps its token. After a reconnect, ``ack``, ``nak``,
+``dead_letter`` and ``heartbeat`` of a claim made before go out on the new
+connection as calls (a restarted broker accepts the token from the same
+process; ``Conflict`` if the claim did not survive), after which the fast
+path applies again; prefetched claims are heartbeated the same way before
+they are handed out. A ``claim`` whose answer was lost with the connection
+is sent again on the new connection (a job the lost answer granted stays
+claimed until its lease expires, then is retried). Resolutions queued while
+disconnected go out first on the new connection.
 """
 
 from __future__ import annotations
@@ -45,8 +56,8 @@ from .._handles import ClaimedJob
 from .._interfaces import JobQueue
 from .._names import validate_queue, validate_worker_id
 from .._values import DeadLetter, Job, JobId, QueueStats, check_duration
-from ..protocol import Call, Connection
-from ._client import ShmClient
+from ..protocol import Call
+from ._client import ConnectionInterrupted, ShmClient
 
 __all__ = ["CLAIM_WAIT", "ShmJobQueue"]
 
@@ -56,6 +67,8 @@ PREFETCH_MAX: Final = 256
 _ENQUEUE_BATCH_BYTES: Final = 512 * 1024
 _ENQUEUE_BATCH_COUNT: Final = 4096
 _RESOLVE_BATCH: Final = 4096
+_CLAIM_RETRIES: Final = 3
+"""Times a claim is sent again after its connection broke, before it raises."""
 _MAX_REASON: Final = 4096
 """Longest dead-letter reason kept (characters)."""
 
@@ -75,12 +88,12 @@ class _Claim:
     """``ClaimImpl`` of one claim: the job, its token and a lower bound of its
     lease deadline on this process's monotonic clock."""
 
-    __slots__ = ("conn", "deadline", "job_id", "owner", "queue", "token", "ttl")
+    __slots__ = ("deadline", "gen", "job_id", "owner", "queue", "token", "ttl")
 
     def __init__(
         self,
         owner: ShmJobQueue,
-        conn: Connection,
+        gen: int,
         queue: str,
         job_id: str,
         token: int,
@@ -88,7 +101,7 @@ class _Claim:
         deadline: float,
     ) -> None:
         self.owner = owner
-        self.conn = conn
+        self.gen = gen  # the connection generation ``deadline`` is known on
         self.queue = queue
         self.job_id = job_id
         self.token = token
@@ -138,7 +151,6 @@ class ShmJobQueue(JobQueue):
         self._client = client
         self._claim_wait = claim_wait
         self._pending: list[list[Any]] = []
-        self._pending_conn: Connection | None = None
         self._drain_scheduled = False
         self._enq: dict[str, list[tuple[Job, asyncio.Future[str]]]] = {}
         self._enq_scheduled = False
@@ -167,23 +179,26 @@ class ShmJobQueue(JobQueue):
             client._flush()
 
     def _drain(self) -> None:
-        """Send the queued resolutions now (before the caller's next frame)."""
+        """Send the queued resolutions now (before the caller's next frame).
+        While reconnecting they wait for the new connection (``restore``):
+        claims keep their tokens across connections of this process."""
         self._drain_scheduled = False
-        pending = self._pending
-        if not pending:
-            return
-        self._pending = []
+        if self._pending and self._client.connected:
+            self._send_pending()
+
+    def _send_pending(self) -> None:
+        pending, self._pending = self._pending, []
         client = self._client
-        if self._pending_conn is not client._conn or not client.connected:
-            return  # that connection's claims ended with it
         for i in range(0, len(pending), _RESOLVE_BATCH):
             chunk = pending[i : i + _RESOLVE_BATCH]
             client.send(Call(next(self._notes), "jobs_resolve", {"r": chunk}))
 
-    def _queue_resolution(self, claim: _Claim, entry: list[Any]) -> None:
-        if self._pending and self._pending_conn is not claim.conn:
-            self._drain()
-        self._pending_conn = claim.conn
+    async def restore(self) -> None:
+        """On a new connection: send the resolutions queued meanwhile."""
+        if self._pending:
+            self._send_pending()
+
+    def _queue_resolution(self, entry: list[Any]) -> None:
         self._pending.append(entry)
         if not self._drain_scheduled:
             self._drain_scheduled = True
@@ -194,13 +209,10 @@ class ShmJobQueue(JobQueue):
         entry = [claim.queue, claim.job_id, claim.token, kind, arg]
         now = time.monotonic()
         if (
-            claim.conn is client._conn
+            claim.gen == client.gen
             and client.connected
             and now < claim.deadline - _margin(claim.ttl)
         ):
-            if self._pending and self._pending_conn is not claim.conn:
-                self._drain()
-            self._pending_conn = claim.conn
             self._pending.append(entry)
             self._drain_soon()  # in the kernel before we return: survives our SIGKILL
             if kind == _BEAT:
@@ -208,9 +220,11 @@ class ShmJobQueue(JobQueue):
             return
         await client.ensure()
         self._drain()
+        gen, sent = client.gen, time.monotonic()
         await client.call("jobs_resolve", {"r": [entry]})
-        if kind == _BEAT:
-            claim.deadline = now + claim.ttl
+        if kind == _BEAT:  # the broker has it: the fast path holds again, on this connection
+            claim.deadline = sent + claim.ttl
+            claim.gen = gen
 
     # --- enqueue --------------------------------------------------------------
     async def enqueue(self, queue: str, job: Job) -> JobId:
@@ -306,7 +320,7 @@ class ShmJobQueue(JobQueue):
         if buf:
             impl: _Claim = buf[0]._impl  # type: ignore[assignment]
             if (
-                impl.conn is client._conn
+                impl.gen == client.gen
                 and impl.deadline - time.monotonic() > lease_ttl / 2
                 and client.connected
             ):
@@ -326,24 +340,34 @@ class ShmJobQueue(JobQueue):
             n = max(1, min(PREFETCH_MAX, int(0.05 * ttl / per_job)))
         else:
             n = 1
-        cid = next(self._cids)
-        args = {
-            "q": queue,
-            "w": worker_id,
-            "ttl": ttl,
-            "n": n,
-            "wait": self._claim_wait,
-            "cid": cid,
-        }
-        conn = client._conn
-        sent = time.monotonic()
-        task = self._call_nowait("jobs_claim", args)
-        client._flush()
-        try:
-            answer = await asyncio.shield(task)
-        except asyncio.CancelledError:
-            self._abandon(task, conn, queue, cid, ttl)
-            raise
+        retries = 0
+        while True:
+            cid = next(self._cids)
+            args = {
+                "q": queue,
+                "w": worker_id,
+                "ttl": ttl,
+                "n": n,
+                "wait": self._claim_wait,
+                "cid": cid,
+            }
+            gen = client.gen
+            sent = time.monotonic()
+            task = self._call_nowait("jobs_claim", args)
+            client._flush()
+            try:
+                answer = await asyncio.shield(task)
+                break
+            except asyncio.CancelledError:
+                self._abandon(task, gen, queue, cid, ttl)
+                raise
+            except ConnectionInterrupted:
+                # The answer was lost with the connection: ask again on the
+                # new one (ensure waits for it; Closed once the client gave up).
+                retries += 1
+                if retries > _CLAIM_RETRIES:
+                    raise
+                await client.ensure()
         if not isinstance(answer, list) or len(answer) != 2:
             raise BusError(f"malformed answer to claim on {queue!r}")
         _, items = answer
@@ -353,7 +377,7 @@ class ShmJobQueue(JobQueue):
         # The broker's deadline is its receipt time + ttl, so never before ours:
         # no clock shared with the broker is assumed.
         deadline = sent + ttl
-        jobs = [self._make(conn, queue, ttl, deadline, item) for item in items]
+        jobs = [self._make(gen, queue, ttl, deadline, item) for item in items]
         if len(jobs) > 1:
             self._buffers.setdefault(key, deque()).extend(jobs[1:])
             # Prefetched claims not handed out by half their lease go back
@@ -367,47 +391,44 @@ class ShmJobQueue(JobQueue):
         if not buf:
             return
         limit = time.monotonic() + key[2] / 2 + 0.001
-        conn = self._client._conn
         while buf:
             impl: _Claim = buf[0]._impl  # type: ignore[assignment]
             if impl.deadline > limit:
                 break  # a later batch: its own timer covers it
             job = buf.popleft()
-            if impl.conn is conn:
-                self._queue_resolution(impl, [job.queue, job.id, job.token, _RELEASE, None])
+            self._queue_resolution([job.queue, job.id, job.token, _RELEASE, None])
         self._drain()
 
     async def _from_buffer(self, buf: deque[ClaimedJob]) -> ClaimedJob | None:
-        """The next buffered claim that is still ours. Claims of an older
-        connection are dropped (they ended with it); one that spent half its
-        lease waiting here is handed out only after a heartbeat."""
+        """The next buffered claim that is still ours: one that spent half its
+        lease waiting here, or was made on an older connection, is handed out
+        only after a heartbeat (on the current connection) succeeded."""
         while buf:
             job = buf.popleft()
-            impl: _Claim = job._impl  # type: ignore[assignment]
-            if impl.conn is not self._client._conn or not self._client.connected:
-                buf.clear()  # they ended with their connection
-                return None
             try:
                 await job.heartbeat()
             except Conflict:
-                continue
+                continue  # taken over, or it did not survive a broker restart
+            except ConnectionInterrupted:
+                buf.appendleft(job)  # unknown: try it again on the next connection
+                raise
             return job
         return None
 
     def _make(
-        self, conn: Connection, queue: str, ttl: float, deadline: float, item: list[Any]
+        self, gen: int, queue: str, ttl: float, deadline: float, item: list[Any]
     ) -> ClaimedJob:
         job_id, payload, attempt, token, max_attempts, dedup = item
-        impl = _Claim(self, conn, queue, job_id, token, ttl, deadline)
+        impl = _Claim(self, gen, queue, job_id, token, ttl, deadline)
         return ClaimedJob(queue, job_id, payload, attempt, token, impl, dedup, max_attempts)
 
     def _abandon(
-        self, task: asyncio.Future[Any], conn: Connection, queue: str, cid: int, ttl: float
+        self, task: asyncio.Future[Any], gen: int, queue: str, cid: int, ttl: float
     ) -> None:
         """A claim call was cancelled: stop its wait in the broker and give
         back whatever it claimed anyway, without counting the attempt."""
         client = self._client
-        if client._conn is conn and client.connected:
+        if client.gen == gen and client.connected:
             with contextlib.suppress(BusError):
                 client.send(Call(next(self._notes), "jobs_unpark", {"cid": cid}))
 
@@ -417,11 +438,8 @@ class ShmJobQueue(JobQueue):
             answer = t.result()
             if not (isinstance(answer, list) and len(answer) == 2 and answer[1]):
                 return
-            if client._conn is not conn or not client.connected:
-                return
             for job_id, _, _, token, *_ in answer[1]:
-                claim = _Claim(self, conn, queue, job_id, token, ttl, 0.0)
-                self._queue_resolution(claim, [queue, job_id, token, _RELEASE, None])
+                self._queue_resolution([queue, job_id, token, _RELEASE, None])
 
         task.add_done_callback(give_back)
 
@@ -430,9 +448,7 @@ class ShmJobQueue(JobQueue):
         buffers, self._buffers = self._buffers, {}
         for buf in buffers.values():
             for job in buf:
-                impl: _Claim = job._impl  # type: ignore[assignment]
-                if impl.conn is self._client._conn:
-                    self._queue_resolution(impl, [job.queue, job.id, job.token, _RELEASE, None])
+                self._queue_resolution([job.queue, job.id, job.token, _RELEASE, None])
         self._drain()
 
     # --- dead letters and stats ------------------------------------------------------

@@ -20,6 +20,14 @@ with the next batch of changes as soon as there is one.
 
 Lifetimes: the mapping and its reader live until the bus closes, the
 connection is lost, or the table is retired; ``get`` returns fresh ``bytes``.
+
+Reconnection (see ``_client``): a watch survives a broker restart. Its pump
+waits for the new connection, on which the watch was registered again; the
+broker then sends the current values and live changes, and the pump drops
+every change whose revision is not above the last one it queued (revisions
+survive a restart), so the watcher sees no duplicate. A lease keeps its
+token: ``heartbeat``/``release`` after a reconnect go out on the new
+connection, where the broker accepts them from the same process.
 """
 
 from __future__ import annotations
@@ -45,8 +53,7 @@ from .._values import (
     check_duration,
 )
 from ..layout.kv_table import KvReadContended, KvTableReader, KvTableRetired
-from ..protocol import Connection
-from ._client import ShmClient
+from ._client import ConnectionInterrupted, ShmClient
 from ._maps import Mapping
 from ._queue import ItemQueue
 
@@ -64,6 +71,8 @@ class _Watch(ItemQueue[KvChange]):
         self._owner = owner
         self.watch_id = watch_id
         self.bucket = bucket
+        self.args: dict[str, Any] = {}  # the kv_watch call's arguments, to watch again
+        self.last_rev = 0  # the highest revision queued: later changes must be above it
         self.pump: asyncio.Task[None] | None = None
 
     async def _detach(self) -> None:
@@ -74,16 +83,24 @@ class _Watch(ItemQueue[KvChange]):
         bucket, args = self.bucket, {"watch_id": self.watch_id}
         try:
             while not self.closed:
-                changes = await client.call("kv_watch_next", args)
+                try:
+                    changes = await client.call("kv_watch_next", args)
+                except ConnectionInterrupted:
+                    continue  # the next call waits for the new connection
                 if changes is None:
                     self.closed = True
                     break
                 items = self.items
+                last = self.last_rev
                 for key, value, revision, deleted in changes:
+                    if revision <= last:
+                        continue  # seen before the connection was lost
+                    last = revision
                     if deleted:
                         items.append(KvChange(bucket, key, b"", revision, "delete"))
                     else:
                         items.append(KvChange(bucket, key, value, revision))
+                self.last_rev = last
                 self.wake()
         except BusError as exc:
             if not self.closed:
@@ -113,7 +130,7 @@ class ShmKvStore(KvStore):
         self._client = client
         self._reader: KvTableReader | None = None
         self._map: Mapping | None = None
-        self._mapped_on: Connection | None = None
+        self._mapped_gen = -1  # the client's connection generation the table was mapped on
         self._valid: set[tuple[str, str]] = set()
         self._watches: dict[int, _Watch] = {}
         self._ids = itertools.count(1)
@@ -131,7 +148,7 @@ class ShmKvStore(KvStore):
         # The hot path: no await that suspends, no syscall (see the bench's W4).
         reader = self._reader
         client = self._client
-        if reader is None or self._mapped_on is not client._conn or client._lost is not None:
+        if reader is None or self._mapped_gen != client.gen or client._lost is not None:
             return await self._get_slow(bucket, key)
         if type(bucket) is not str or type(key) is not str or (bucket, key) not in self._valid:
             self._check(bucket, key)
@@ -156,7 +173,7 @@ class ShmKvStore(KvStore):
         client = self._client
         if (
             reader is None
-            or self._mapped_on is not client._conn
+            or self._mapped_gen != client.gen
             or client._lost is not None
             or type(bucket) is not str
             or type(key) is not str
@@ -191,7 +208,7 @@ class ShmKvStore(KvStore):
         client = self._client
         await client.ensure()
         reader = self._reader
-        if reader is not None and self._mapped_on is client._conn and not reader.retired:
+        if reader is not None and self._mapped_gen == client.gen and not reader.retired:
             return reader
         self._unmap()
         for _ in range(_REMAP_ATTEMPTS):
@@ -211,14 +228,14 @@ class ShmKvStore(KvStore):
                 reader.close()
                 mapping.close()
                 return self._reader
-            self._reader, self._map, self._mapped_on = reader, mapping, client._conn
+            self._reader, self._map, self._mapped_gen = reader, mapping, client.gen
             return reader
         raise Closed(client.socket_path, "the KV table kept changing while being mapped")
 
     def _unmap(self) -> None:
         reader, mapping = self._reader, self._map
         self._reader = self._map = None
-        self._mapped_on = None
+        self._mapped_gen = -1
         if reader is not None:
             reader.close()
         if mapping is not None:
@@ -272,6 +289,7 @@ class ShmKvStore(KvStore):
         w = _Watch(self, next(self._ids), bucket)
         self._watches[w.watch_id] = w
         args: dict[str, Any] = {"watch_id": w.watch_id, "bucket": bucket, "pattern": pattern}
+        w.args = args
         try:
             await client.call("kv_watch", args)
         except BaseException:
@@ -300,6 +318,40 @@ class ShmKvStore(KvStore):
         return Lease(bucket, key, ttl, token, _LeaseImpl(client, bucket, key, token))
 
     # --- lifetime ------------------------------------------------------------
+    async def restore(self) -> None:
+        """On a new connection: forget the old broker's table (mapped again
+        on the next ``get``) and register every open watch again. A watch
+        the broker refuses now ends with the broker's error."""
+        self._unmap()
+        client = self._client
+        watches = list(self._watches.values())
+        if not watches:
+            return
+        answers = await asyncio.gather(
+            *(client.call_direct("kv_watch", w.args) for w in watches), return_exceptions=True
+        )
+        for w, answer in zip(watches, answers, strict=True):
+            if isinstance(answer, Closed):
+                raise answer  # the new connection broke too: the client retries
+            if isinstance(answer, BaseException):
+                if self._watches.pop(w.watch_id, None) is w:
+                    w.error = answer if isinstance(answer, BusError) else BusError(str(answer))
+                    if w.pump is not None and not w.pump.done():
+                        w.pump.cancel()
+                    w.wake()
+            elif self._watches.get(w.watch_id) is not w:  # closed meanwhile
+                with contextlib.suppress(BusError):
+                    await client.call_direct("kv_unwatch", {"watch_id": w.watch_id})
+            elif (
+                isinstance(answer, dict)
+                and isinstance(answer.get("rev"), int)
+                and answer["rev"] < w.last_rev
+            ):
+                # A broker that says where the bucket's revisions stand, and
+                # stands behind what this watch saw, lost its state (no
+                # journal): its revisions start again, nothing may be dropped.
+                w.last_rev = 0
+
     def end_all(self, error: BusError | None) -> None:
         """End every watch (quietly, or raising ``error``) and unmap the table."""
         watches, self._watches = self._watches, {}

@@ -8,6 +8,14 @@ the same effect with ``publish_async``).
 
 Acks (``Msg.ack/nak/term/in_progress``) do not wait for the broker; they are
 merged into ranged ack frames sent before anything else this connection sends.
+
+Reconnection (see ``_client``): when the connection breaks, every open stream
+drops the deliveries it has not handed out yet (the broker redelivers them),
+re-subscribes on the new connection with the same durable, subject and
+ack_wait, and goes on yielding. A ``Msg`` delivered on an older connection
+cannot be acked on the new one (delivery ids are per connection): its
+ack/nak/term/in_progress do nothing, and the broker redelivers it. Every
+running service is registered again on the new connection.
 """
 
 from __future__ import annotations
@@ -16,7 +24,8 @@ import asyncio
 import contextlib
 import inspect
 import itertools
-from typing import Any
+import logging
+from typing import Any, Final
 
 import msgpack
 
@@ -30,7 +39,6 @@ from ..protocol import (
     ACK_KIND_NAK,
     ACK_KIND_PROGRESS,
     ACK_KIND_TERM,
-    Connection,
     DeliverBatch,
     Incoming,
     Respond,
@@ -42,20 +50,24 @@ from ._queue import ItemQueue
 
 __all__ = ["ShmPubsub", "ShmRequestReply"]
 
+log: Final = logging.getLogger("klieo_shm.shm")
+
 
 class _Ack:
     """A delivery's ack handle; a no-op once its connection is gone (the
-    broker has then handed the delivery to another member)."""
+    broker has then handed the delivery to another member, or a restarted
+    broker redelivers it): delivery ids are per connection, ``gen`` says
+    which one."""
 
-    __slots__ = ("_client", "_conn", "_did")
+    __slots__ = ("_client", "_did", "_gen")
 
-    def __init__(self, client: ShmClient, conn: Connection, did: int) -> None:
+    def __init__(self, client: ShmClient, gen: int, did: int) -> None:
         self._client = client
-        self._conn = conn
+        self._gen = gen
         self._did = did
 
     def _send(self, kind: int, delay_ms: int = 0) -> None:
-        if self._client._conn is self._conn:
+        if self._client.gen == self._gen:
             self._client.ack(self._did, kind, delay_ms)
 
     async def ack(self) -> None:
@@ -74,10 +86,11 @@ class _Ack:
 class _Sub(ItemQueue[Msg]):
     """One member's queue of deliveries (the ``MsgStream`` impl)."""
 
-    def __init__(self, owner: ShmPubsub, sub_id: int) -> None:
+    def __init__(self, owner: ShmPubsub, sub_id: int, args: dict[str, Any]) -> None:
         super().__init__()
         self._owner = owner
         self.sub_id = sub_id
+        self.args = args  # the subscribe call's arguments, to subscribe again
 
     async def _detach(self) -> None:
         await self._owner._unsubscribe(self)
@@ -139,11 +152,12 @@ class ShmPubsub(Pubsub):
         if ack_wait is not None:
             ack_wait = check_duration("ack_wait", ack_wait, positive=True)
         await self._client.ensure()
-        sub = _Sub(self, next(self._ids))
-        self._subs[sub.sub_id] = sub
-        args: dict[str, Any] = {"sub_id": sub.sub_id, "subject": subject, "durable": durable}
+        sub_id = next(self._ids)
+        args: dict[str, Any] = {"sub_id": sub_id, "subject": subject, "durable": durable}
         if ack_wait is not None:
             args["ack_wait"] = ack_wait
+        sub = _Sub(self, sub_id, args)
+        self._subs[sub_id] = sub
         try:
             await self._client.call("subscribe", args)
         except BaseException:
@@ -168,7 +182,7 @@ class ShmPubsub(Pubsub):
         if sub is None or sub.closed:
             return  # closed: the broker hands these to others on unsubscribe
         client = self._client
-        conn = client._conn
+        gen = client.gen
         store = client.store
         subjects, names = ev.subjects, self._subjects
         pos = 0
@@ -184,7 +198,7 @@ class ShmPubsub(Pubsub):
             # SYNC POINT: reads store bytes the broker wrote before sending this frame.
             headers = msgpack.unpackb(store[off : off + hl], raw=False) if hl else {}
             payload = bytes(store[off + hl : off + hl + pl])
-            items.append(Msg(name, payload, headers, seq, dcount, _Ack(client, conn, did)))
+            items.append(Msg(name, payload, headers, seq, dcount, _Ack(client, gen, did)))
         sub.wake()
 
     def _on_stream_end(self, ev: StreamEnd) -> None:
@@ -192,6 +206,34 @@ class ShmPubsub(Pubsub):
         if sub is not None:
             sub.closed = True
             sub.wake()
+
+    def interrupted(self) -> None:
+        """The connection broke: drop what was delivered on it and not handed
+        out yet (those deliveries cannot be acked any more; the broker
+        redelivers them)."""
+        for sub in self._subs.values():
+            sub.items.clear()
+
+    async def restore(self) -> None:
+        """On a new connection: subscribe every open stream again. A stream
+        the broker refuses now ends with the broker's error."""
+        client = self._client
+        subs = list(self._subs.values())
+        if not subs:
+            return
+        answers = await asyncio.gather(
+            *(client.call_direct("subscribe", sub.args) for sub in subs), return_exceptions=True
+        )
+        for sub, answer in zip(subs, answers, strict=True):
+            if isinstance(answer, Closed):
+                raise answer  # the new connection broke too: the client retries
+            if isinstance(answer, BaseException):
+                if self._subs.pop(sub.sub_id, None) is sub:
+                    sub.error = answer if isinstance(answer, BusError) else BusError(str(answer))
+                    sub.wake()
+            elif self._subs.get(sub.sub_id) is not sub:  # closed meanwhile
+                with contextlib.suppress(BusError):
+                    await client.call_direct("unsubscribe", {"sub_id": sub.sub_id})
 
     def end_all(self, error: BusError | None) -> None:
         """End every stream: quietly (``error`` None) or raising ``error``."""
@@ -220,6 +262,7 @@ class ShmRequestReply(RequestReply):
     def __init__(self, client: ShmClient) -> None:
         self._client = client
         self._handlers: dict[int, Handler] = {}
+        self._subjects: dict[int, str] = {}  # svc_id -> subject, to serve again
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._valid: set[str] = set()  # subjects already validated
@@ -254,14 +297,17 @@ class ShmRequestReply(RequestReply):
         await self._client.ensure()
         svc_id = next(self._ids)
         self._handlers[svc_id] = handler
+        self._subjects[svc_id] = subject
         try:
             await self._client.call("serve", {"subject": subject, "svc_id": svc_id})
         except BaseException:
             self._handlers.pop(svc_id, None)
+            self._subjects.pop(svc_id, None)
             raise
         return Service(subject, _Svc(self, svc_id))
 
     async def _unserve(self, svc_id: int) -> None:
+        self._subjects.pop(svc_id, None)
         if self._handlers.pop(svc_id, None) is None:
             return
         if self._client.connected:
@@ -270,29 +316,29 @@ class ShmRequestReply(RequestReply):
 
     def _on_incoming(self, ev: Incoming) -> None:
         handler = self._handlers.get(ev.svc_id)
-        conn = self._client._conn
+        gen = self._client.gen
         if handler is None:
-            self._reply(conn, Respond(ev.req_id, b"service stopped", "Closed"))
+            self._reply(gen, Respond(ev.req_id, b"service stopped", "Closed"))
             return
         try:
             out = handler(ev.payload)
         except Exception as exc:
-            self._reply(conn, Respond(ev.req_id, str(exc).encode(), type(exc).__name__))
+            self._reply(gen, Respond(ev.req_id, str(exc).encode(), type(exc).__name__))
             return
         if inspect.isawaitable(out):
-            task = asyncio.ensure_future(self._finish(conn, ev.req_id, out))
+            task = asyncio.ensure_future(self._finish(gen, ev.req_id, out))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         else:
-            self._reply(conn, self._respond(ev.req_id, out))
+            self._reply(gen, self._respond(ev.req_id, out))
 
-    async def _finish(self, conn: Connection, req_id: int, out: Any) -> None:
+    async def _finish(self, gen: int, req_id: int, out: Any) -> None:
         try:
             value = await out
         except Exception as exc:
-            self._reply(conn, Respond(req_id, str(exc).encode(), type(exc).__name__))
+            self._reply(gen, Respond(req_id, str(exc).encode(), type(exc).__name__))
             return
-        self._reply(conn, self._respond(req_id, value))
+        self._reply(gen, self._respond(req_id, value))
 
     def _respond(self, req_id: int, value: object) -> Respond:
         try:
@@ -303,11 +349,39 @@ class ShmRequestReply(RequestReply):
             return Respond(req_id, str(exc).encode(), type(exc).__name__)
         return Respond(req_id, data)
 
-    def _reply(self, conn: Connection, resp: Respond) -> None:
+    def _reply(self, gen: int, resp: Respond) -> None:
+        """Answer on the connection the request came on (``gen``: its
+        generation); a reply for a lost connection goes nowhere (the broker
+        failed the request when the connection went)."""
         client = self._client
-        if client._conn is conn and client.connected:
+        if client.gen == gen and client._lost is None and client._transport is not None:
             with contextlib.suppress(BusError):
                 client.send(resp)
 
+    async def restore(self) -> None:
+        """On a new connection: serve every running service's subject again."""
+        client = self._client
+        services = list(self._subjects.items())
+        if not services:
+            return
+        answers = await asyncio.gather(
+            *(
+                client.call_direct("serve", {"subject": subject, "svc_id": svc_id})
+                for svc_id, subject in services
+            ),
+            return_exceptions=True,
+        )
+        for (svc_id, subject), answer in zip(services, answers, strict=True):
+            if isinstance(answer, Closed):
+                raise answer  # the new connection broke too: the client retries
+            if isinstance(answer, BaseException):
+                log.warning("service on %r could not be registered again: %s", subject, answer)
+                self._handlers.pop(svc_id, None)
+                self._subjects.pop(svc_id, None)
+            elif svc_id not in self._subjects:  # stopped meanwhile
+                with contextlib.suppress(BusError):
+                    await client.call_direct("unserve", {"svc_id": svc_id})
+
     def end_all(self) -> None:
         self._handlers.clear()
+        self._subjects.clear()

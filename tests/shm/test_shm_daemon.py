@@ -108,7 +108,8 @@ def test_peer_of_another_uid_is_not_allowed(sock: str) -> None:
 
 async def test_client_gets_closed_naming_the_socket_when_the_broker_goes_away(sock: str) -> None:
     async with running_broker(sock) as server:
-        bus = await klieo_shm.connect(f"shm://{sock}")
+        # no broker comes back within the reconnect window: the client gives up
+        bus = await klieo_shm.connect(f"shm://{sock}?reconnect_timeout=0.5")
         stream = await bus.pubsub.subscribe("a.b", "d")
         await server.close()
         with pytest.raises(klieo_shm.Closed) as caught:
