@@ -1,0 +1,346 @@
+"""A broker restart loses nothing acknowledged: kill -9 of klieo-shmd, then a
+new one on the same state directory, and every durable, message, job, dead
+letter, KV value, revision and live holder's lease is back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from shm_helpers import SMALL
+
+import klieo_shm
+from klieo_shm import Job
+from klieo_shm.daemon import DaemonError, DaemonProcess
+from klieo_shm.daemon._config import default_state_dir
+from klieo_shm.layout.journal import JOURNAL_HEADER, JOURNAL_MAGIC
+
+HERE = os.path.dirname(__file__)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(klieo_shm.__file__)))
+WAIT = 30.0
+ARGS = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]
+
+
+@pytest.fixture
+def broker(sock: str) -> Iterator[DaemonProcess]:
+    d = DaemonProcess(sock, *ARGS)
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def restart(d: DaemonProcess) -> None:
+    d.kill()
+    d.start()
+
+
+@contextlib.asynccontextmanager
+async def bus_on(sock: str) -> AsyncIterator[klieo_shm.Bus]:
+    bus = await klieo_shm.connect(f"shm://{sock}")
+    try:
+        yield bus
+    finally:
+        await bus.close()
+
+
+class Child:
+    """A helper process (jobs_worker.py / kv_worker.py) speaking in lines."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    async def expect(self, word: str) -> list[str]:
+        assert self.proc.stdout is not None
+        raw = await asyncio.wait_for(self.proc.stdout.readline(), WAIT)
+        parts = raw.decode().split()
+        assert parts, f"process {self.proc.pid} exited ({await self.proc.wait()})"
+        assert parts[0] == word, parts
+        return parts[1:]
+
+    def tell(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"go\n")
+
+    async def kill(self) -> None:
+        self.proc.kill()
+        await self.proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def child(script: str, *args: str) -> AsyncIterator[Child]:
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        os.path.join(HERE, script),
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        yield Child(proc)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def append(path: str, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def flip_last_byte(path: str) -> None:
+    with open(path, "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 0xFF]))
+
+
+def exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
+async def test_pending_and_unacked_messages_survive_and_are_redelivered(
+    broker: DaemonProcess, sock: str
+) -> None:
+    async with bus_on(sock) as bus:
+        stream = await bus.pubsub.subscribe("orders.>", "shipper")
+        for i in range(100):
+            await bus.pubsub.publish(f"orders.{i}", b"order-%d" % i, {"n": str(i)})
+        acked = set()
+        for _ in range(30):
+            msg = await asyncio.wait_for(stream.next(), WAIT)
+            if msg.seq % 3 == 0:
+                await msg.ack()
+                acked.add(msg.seq)
+        await stream.close()
+        await bus.pubsub.subscribe("audit.>", "auditor")  # a durable with nothing yet
+        restart(broker)
+    async with bus_on(sock) as bus:
+        stream = await bus.pubsub.subscribe("orders.>", "shipper")
+        got = []
+        for _ in range(100 - len(acked)):
+            msg = await asyncio.wait_for(stream.next(), WAIT)
+            got.append(msg)
+            await msg.ack()
+        seqs = [m.seq for m in got]
+        assert seqs == sorted(set(range(1, 101)) - acked)  # in order, nothing lost, no ack undone
+        assert all(m.payload == b"order-%d" % (m.seq - 1) for m in got)
+        assert all(m.headers == {"n": str(m.seq - 1)} for m in got)
+        assert all(m.delivery_count >= 2 for m in got if m.seq <= 30)  # delivered before
+        await bus.pubsub.publish("orders.new", b"after")
+        after = await asyncio.wait_for(stream.next(), WAIT)
+        assert after.seq > 100  # sequences continue, never reused
+        await after.ack()
+        audit = await bus.pubsub.subscribe("audit.>", "auditor")
+        await bus.pubsub.publish("audit.x", b"kept")
+        assert (await asyncio.wait_for(audit.next(), WAIT)).payload == b"kept"
+        await bus.pubsub.delete_durable("auditor")
+        await stream.close()
+        await audit.close()
+    restart(broker)
+    async with bus_on(sock) as bus:  # acked before the kill: not redelivered
+        stream = await bus.pubsub.subscribe("orders.>", "shipper")
+        await bus.pubsub.publish("orders.last", b"last")
+        msg = await asyncio.wait_for(stream.next(), WAIT)
+        assert msg.payload == b"last"
+        await msg.ack()
+        await stream.close()
+
+
+async def test_jobs_in_every_state_survive(broker: DaemonProcess, sock: str) -> None:
+    async with bus_on(sock) as bus:
+        jobs = bus.jobs
+        ready_id = await jobs.enqueue("work", Job(b"ready", dedup_key="k-ready"))
+        delayed_id = await jobs.enqueue("work", Job(b"delayed"))
+        dead_id = await jobs.enqueue("work", Job(b"dead", max_attempts=1))
+        mine_id = await jobs.enqueue("work", Job(b"mine"))
+        orphan_id = await jobs.enqueue("work", Job(b"orphan"))
+        claimed = {}
+        while len(claimed) < 4:
+            job = await jobs.claim("work", "w", 60.0)
+            assert job is not None
+            claimed[job.id] = job
+        # the fifth (orphan) goes to a process that dies while the broker is down
+        assert set(claimed) == {ready_id, delayed_id, dead_id, mine_id}
+        async with child("jobs_worker.py", sock, "claim", "work", "60") as other:
+            got = await other.expect("claimed")
+            assert got[0] == orphan_id
+            await claimed[ready_id].nak(0.0)
+            await claimed[delayed_id].nak(3600.0)
+            await claimed[dead_id].dead_letter("poison")
+            before = await jobs.stats("work")
+            assert (before.ready, before.delayed, before.claimed, before.dead) == (1, 1, 2, 1)
+            broker.kill()
+            await other.kill()
+        broker.start()
+        # the same bus carries on: it reconnects by itself
+        stats = await jobs.stats("work")
+        # the dead holder's claim ended (an attempt); this process's claim is kept
+        assert (stats.ready, stats.delayed, stats.claimed, stats.dead) == (2, 1, 1, 1)
+        letters = await jobs.dead_letters("work")
+        assert [(d.id, d.payload, d.attempts, d.reason) for d in letters] == [
+            (dead_id, b"dead", 1, "poison")
+        ]
+        again = await jobs.enqueue("work", Job(b"dup", dedup_key="k-ready"))
+        assert again == ready_id  # the dedup record survived
+        seen = {}
+        for _ in range(2):
+            job = await jobs.claim("work", "w2", 60.0)
+            assert job is not None
+            seen[job.id] = job
+        assert set(seen) == {ready_id, orphan_id}
+        assert seen[ready_id].attempt == 2
+        assert seen[orphan_id].attempt == 2
+        first_token = claimed[mine_id].token
+        assert all(j.token > first_token for j in seen.values())  # tokens never go back
+        for j in seen.values():
+            await j.ack()
+        # the claim kept for this process: its old handle acks it on the new broker
+        await claimed[mine_id].ack()
+        stats = await jobs.stats("work")
+        assert (stats.ready, stats.claimed) == (0, 0)
+
+
+async def test_kv_values_revisions_and_leases_survive(broker: DaemonProcess, sock: str) -> None:
+    async with bus_on(sock) as bus:
+        kv = bus.kv
+        assert await kv.put("cfg", "a", b"1") == 1
+        assert await kv.put("cfg", "b", b"2") == 2
+        assert await kv.cas("cfg", "a", b"3", 1) == 3
+        await kv.delete("cfg", "b")  # revision 4
+        mine = await kv.lease("locks", "mine", 60.0)
+        async with child("kv_worker.py", sock, "lease", "locks", "theirs", "60") as other:
+            await other.expect("held")
+            broker.kill()
+            await other.kill()  # dies while no broker watches it
+        broker.start()
+        entry = await kv.get("cfg", "a")
+        assert entry is not None
+        assert (entry.value, entry.revision) == (b"3", 3)
+        assert await kv.get("cfg", "b") is None
+        assert sorted(await kv.keys("cfg")) == ["a"]
+        assert await kv.cas("cfg", "b", b"new", None) == 5  # revisions keep increasing
+        with pytest.raises(klieo_shm.Conflict):
+            await kv.lease("locks", "mine", 5.0)  # its holder (this process) still runs
+        theirs = await kv.lease("locks", "theirs", 5.0)  # its holder died: ended
+        assert theirs.token == 2  # fencing tokens never go back
+        await theirs.release()
+        await mine.heartbeat()  # the live holder carries on with its token
+        await mine.release()
+
+
+async def test_a_clean_restart_keeps_claims_and_a_torn_tail_is_ignored(
+    broker: DaemonProcess, sock: str
+) -> None:
+    async with bus_on(sock) as bus:
+        await bus.kv.put("b", "k", b"v")
+        await bus.jobs.enqueue("q", Job(b"j"))
+        broker.stop()  # SIGTERM: a clean stop keeps the state
+        path = os.path.join(default_state_dir(sock), "journal")
+        append(path, b"\xff\x00\x00\x00\x12\x34\x56\x78partial")  # a body never written
+        broker.start()
+    async with bus_on(sock) as bus:
+        entry = await bus.kv.get("b", "k")
+        assert entry is not None
+        assert entry.revision == 1
+        assert (await bus.jobs.stats("q")).ready == 1
+        assert await bus.kv.put("b", "k", b"w") == 2
+    broker.stop()
+    flip_last_byte(path)  # inside the last record: its crc no longer matches
+    broker.start()
+    async with bus_on(sock) as bus:
+        entry = await bus.kv.get("b", "k")
+        assert entry is not None
+        assert entry.value == b"v"
+        assert (await bus.jobs.stats("q")).ready == 1
+
+
+def test_another_format_version_is_refused_with_both_versions_named(sock: str) -> None:
+    state = default_state_dir(sock)
+    os.makedirs(state)
+    with open(os.path.join(state, "journal"), "wb") as f:
+        f.write(JOURNAL_HEADER.pack(JOURNAL_MAGIC, 99, 0))
+    out = subprocess.run(
+        [sys.executable, "-m", "klieo_shm.daemon", "--socket", sock, *ARGS],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert out.returncode == 1
+    assert "version 99" in out.stderr, out.stderr
+    assert "version 1 " in out.stderr, out.stderr
+    assert state in out.stderr
+
+
+def test_one_state_directory_serves_one_broker(sock: str) -> None:
+    state = default_state_dir(sock)
+    other = os.path.join(os.path.dirname(sock), "o.sock")
+    with DaemonProcess(sock, *ARGS):
+        second = DaemonProcess(other, *ARGS, "--state-dir", state)
+        with pytest.raises(DaemonError):
+            second.start()
+        second.stop()
+
+
+async def test_no_state_starts_empty(sock: str) -> None:
+    d = DaemonProcess(sock, *ARGS, "--no-state")
+    d.start()
+    try:
+        async with bus_on(sock) as bus:
+            await bus.kv.put("b", "k", b"v")
+            restart(d)
+        async with bus_on(sock) as bus:
+            assert await bus.kv.get("b", "k") is None
+    finally:
+        d.stop()
+    assert not exists(default_state_dir(sock))
+
+
+async def test_the_journal_is_compacted_and_the_snapshot_restores(
+    sock: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shm_helpers import running_broker
+
+    import klieo_shm.daemon._journal as journal_module
+
+    limit = 64 << 10
+    monkeypatch.setattr(journal_module, "COMPACT_MIN", limit)
+    path = os.path.join(default_state_dir(sock), "journal")
+    sizes = []
+    async with running_broker(sock, **SMALL) as server, bus_on(sock) as bus:
+        stream = await bus.pubsub.subscribe("t.>", "d")
+        for i in range(3000):
+            await bus.pubsub.publish("t.x", b"%06d" % i + bytes(100))
+            await bus.kv.put("b", "counter", b"%d" % i)
+            msg = await asyncio.wait_for(stream.next(), WAIT)
+            if i < 2990:
+                await msg.ack()
+            if i % 100 == 0:
+                sizes.append(server.broker.journal.size if server.broker.journal else 0)
+        await stream.close()
+    assert max(sizes) < 8 * limit, sizes  # rewritten again and again, not grown
+    assert size_of(path) < 8 * limit
+    async with running_broker(sock, **SMALL), bus_on(sock) as bus:
+        entry = await bus.kv.get("b", "counter")
+        assert entry is not None
+        assert (entry.value, entry.revision) == (b"2999", 3000)
+        stream = await bus.pubsub.subscribe("t.>", "d")
+        left = [await asyncio.wait_for(stream.next(), WAIT) for _ in range(10)]
+        assert [m.payload[:6] for m in left] == [b"%06d" % i for i in range(2990, 3000)]
+        for m in left:
+            await m.ack()
+        await stream.close()
+
+
+def size_of(path: str) -> int:
+    return os.path.getsize(path)
