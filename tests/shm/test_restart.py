@@ -344,3 +344,27 @@ async def test_the_journal_is_compacted_and_the_snapshot_restores(
 
 def size_of(path: str) -> int:
     return os.path.getsize(path)
+
+
+@pytest.mark.parametrize("policy", ["always", "interval", "never"])
+async def test_a_state_directory_of_ones_choice_with_each_fsync_policy(
+    sock: str, policy: str
+) -> None:
+    state = os.path.join(os.path.dirname(sock), "elsewhere")
+    d = DaemonProcess(sock, *ARGS, "--state-dir", state, "--fsync", policy)
+    d.start()
+    try:
+        async with bus_on(sock) as bus:
+            assert await bus.kv.put("b", "k", policy.encode()) == 1
+        restart(d)
+        async with bus_on(sock) as bus:
+            entry = await bus.kv.get("b", "k")
+            assert entry is not None
+            assert entry.value == policy.encode()
+    finally:
+        d.stop()
+    assert sorted(listdir(state)) == ["journal", "lock"]
+
+
+def listdir(path: str) -> list[str]:
+    return os.listdir(path)
