@@ -108,8 +108,10 @@ def test_status_shows_clients_consumers_queues_and_buckets(
         assert stats["queues"][f"{klieo_names}-q"]["ready"] == 1
         assert stats["kv_buckets"][f"{klieo_names}.b"] == 1
         assert stats["store_size"] > 0
+        assert stats["journal_bytes"] > 0  # the plugin's broker keeps the default journal
         text = cli(klieo_url, "status")
         assert text.returncode == 0
+        assert f"in {stats['state_dir']}" in text.stdout
         for word in ("clients", "durable consumers", klieo_names, "job queues", "memory"):
             assert word in text.stdout
     finally:
