@@ -138,3 +138,88 @@ def test_quick_run_of_klieo(short_tmp: Path) -> None:
     for row in ok:
         assert row["label"] == "durable"
         _check_figures(row)
+
+
+def test_quick_run_of_klieo_without_journal(short_tmp: Path) -> None:
+    """klieo (daemon defaults: journal beside the socket) and klieo-nojournal
+    (``--no-state``) in one run, with the journal's cost computed from both."""
+    code, data, stderr = run_bench(short_tmp, "--peers", "klieo,klieo-nojournal", "--only", "W1,W5")
+    assert code == 0, stderr[-2000:]
+    rows = {(r["workload"], r["peer"]): r for r in data["rows"] if r["status"] != "n/a"}
+    assert set(rows) == {
+        ("W1", "klieo"), ("W1", "klieo-nojournal"),
+        ("W5", "klieo"), ("W5", "klieo-sync"), ("W5", "klieo-nojournal"),
+    }  # fmt: skip
+    for row in rows.values():
+        assert row["status"] == "ok", row
+        _check_figures(row)
+    for key in ("W1", "W5"):
+        nojournal = rows[(key, "klieo-nojournal")]
+        assert nojournal["family"] == "klieo-nojournal"
+        assert nojournal["label"] == "durable"
+        assert nojournal["vs_klieo"] > 0
+        assert nojournal["vs_klieo_peer"] == "klieo"
+    servers = data["servers"]
+    assert servers["klieo"]["status"] == servers["klieo-nojournal"]["status"] == "ok"
+    assert servers["klieo"]["url"] != servers["klieo-nojournal"]["url"]
+    state_dir = Path(servers["klieo"]["state_dir"])  # the daemon's default, beside the socket
+    assert state_dir.name == "klieo.state"
+    assert state_dir.parent == Path(servers["klieo"]["url"].removeprefix("shm://")).parent
+    assert short_tmp in state_dir.parents
+    assert not state_dir.exists()
+    assert "journal in klieo.state" in servers["klieo"]["version"]
+    assert servers["klieo-nojournal"]["state_dir"] is None
+    assert "--no-state" in servers["klieo-nojournal"]["version"]
+    costs = {c["workload"]: c for c in data["journal_cost"]}
+    assert set(costs) == {"W1", "W5"}
+    for key, cost in costs.items():
+        assert (cost["journal_peer"], cost["nojournal_peer"]) == ("klieo", "klieo-nojournal")
+        assert cost["bar"] == 0.8
+        expected = cost["journal_median"] / cost["nojournal_median"]
+        assert cost["ratio"] == pytest.approx(expected), cost
+        assert cost["ratio"] == pytest.approx(rows[(key, "klieo-nojournal")]["vs_klieo"])
+        assert cost["met"] == (cost["ratio"] >= 0.8)
+
+
+def test_peer_selection_keeps_the_journal_variant_apart() -> None:
+    from tools.bench.workloads import select_peers
+
+    assert "klieo-nojournal" not in {p.name for p in select_peers(["klieo"])}
+    both = select_peers(["klieo", "klieo-nojournal"])
+    assert [p.name for p in both] == ["klieo", "klieo-sync", "klieo-nojournal"]
+    (nojournal,) = select_peers(["klieo-nojournal"])
+    assert nojournal.servers == ("klieo-nojournal",)
+    assert {"W1", "W5"} <= set(nojournal.impls)
+    assert all(
+        role.options["server"] == "klieo-nojournal"
+        for impl in nojournal.impls.values()
+        for role in impl.roles
+    )
+
+
+def test_journal_cost_lines() -> None:
+    from tools.bench.report import journal_cost_lines
+    from tools.bench.stats import summarize
+    from tools.bench.suite import Row, journal_costs
+    from tools.bench.workloads import select_peers
+    from tools.bench.workloads.base import WORKLOADS
+
+    klieo, _sync, nojournal = select_peers(["klieo", "klieo-nojournal"])
+    w1, w3 = WORKLOADS["W1"], WORKLOADS["W3"]
+    rows = [
+        Row(w1, klieo, "", "ok", 1, figure=summarize([90.0, 80.0, 100.0])),
+        Row(w1, nojournal, "", "ok", 1, figure=summarize([100.0, 100.0, 100.0])),
+        Row(w3, klieo, "rtt", "ok", 1, figure=summarize([250.0])),  # latency: lower is better
+        Row(w3, nojournal, "rtt", "ok", 1, figure=summarize([200.0])),
+    ]
+    w1_cost, w3_cost = journal_costs(rows)
+    assert w1_cost.ratio == pytest.approx(0.9)
+    assert w1_cost.met is True
+    assert w1_cost.round_ratios == pytest.approx((0.9, 0.8, 1.0))
+    assert w3_cost.ratio == pytest.approx(0.8)
+    assert w3_cost.bar is None
+    assert w3_cost.met is None
+    line1, line3 = journal_cost_lines([w1_cost, w3_cost])
+    assert line1.startswith("journal cost: W1 0.90x of no-journal (bar >= 0.80x: met;")
+    assert "rounds 0.80-1.00x" in line1
+    assert line3.startswith("journal cost: W3 rtt 0.80x of no-journal (klieo p50 250 µs")

@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
     p.add_argument("--only", type=_csv, metavar="W1,W3", help="run only these workloads")
     p.add_argument("--peers", type=_csv, metavar="klieo,redis,...",
-                   help="peer families (klieo, nats, redis, mpqueue, mppipe, fasterfifo, zmq) "
-                   "or exact peer names (see --list)")  # fmt: skip
+                   help="peer families (klieo, klieo-nojournal, nats, redis, mpqueue, mppipe, "
+                   "fasterfifo, zmq) or exact peer names (see --list)")  # fmt: skip
     p.add_argument("--rounds", type=int, default=3, help="measured rounds (default 3)")
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up round")
     p.add_argument("--timeout", type=float, metavar="S",
@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"time budget of the whole run: later rows are skipped (default "
                    f"{FULL_BUDGET:.0f}, {QUICK_BUDGET:.0f} with --quick)")  # fmt: skip
     p.add_argument("--klieo-url", metavar="URL",
-                   help="use this klieo_shm bus URL instead of starting klieo-shmd")  # fmt: skip
+                   help="use this klieo_shm bus URL instead of starting klieo-shmd for the "
+                   "klieo peers (klieo-nojournal still starts klieo-shmd --no-state)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     p.add_argument("--list", action="store_true", help="list workloads and peers, then exit")
     return p
@@ -63,7 +64,7 @@ def _list() -> str:
     lines.append("peers (family / name / label: what):")
     for peer in all_peers():
         runs = ",".join(sorted(peer.impls))
-        lines.append(f"  {peer.family:<10} {peer.name:<14} {peer.label:<15} [{runs}] {peer.what}")
+        lines.append(f"  {peer.family:<15} {peer.name:<15} {peer.label:<15} [{runs}] {peer.what}")
     return "\n".join(lines)
 
 

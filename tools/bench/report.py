@@ -7,7 +7,7 @@ from typing import Any
 
 from tools.bench import JSON_SCHEMA_ID
 from tools.bench.stats import Summary
-from tools.bench.suite import Row, SuiteResult
+from tools.bench.suite import JournalCost, Row, SuiteResult
 from tools.bench.workloads.base import WORKLOADS
 
 LEGEND = (
@@ -15,6 +15,12 @@ LEGEND = (
     "so not on disk); fire-and-forget = gone once received.\n"
     "klieo x = klieo/peer for throughput, peer/klieo for latency (best klieo row of the "
     "workload): > 1 means klieo_shm is better."
+)
+JOURNAL_LEGEND = (
+    "klieo-nojournal = the klieo peer against klieo-shmd --no-state; klieo runs the daemon "
+    "with its defaults (journal on).\n"
+    "journal cost = klieo/klieo-nojournal medians of this run (latency: the inverse); "
+    "< 1 is what the journal costs."
 )
 
 
@@ -85,6 +91,23 @@ def to_json(result: SuiteResult) -> dict[str, Any]:
             for w in (WORKLOADS[k] for k in opts.workloads)
         ],
         "rows": [row_json(r) for r in result.rows],
+        "journal_cost": [journal_cost_json(c) for c in result.journal_cost],
+    }
+
+
+def journal_cost_json(cost: JournalCost) -> dict[str, Any]:
+    return {
+        "workload": cost.workload.key,
+        "op": cost.op,
+        "unit": _json_unit(cost.workload.unit),
+        "journal_peer": cost.journal.peer.name,
+        "nojournal_peer": cost.nojournal.peer.name,
+        "journal_median": cost.journal.figure.median if cost.journal.figure else None,
+        "nojournal_median": cost.nojournal.figure.median if cost.nojournal.figure else None,
+        "ratio": cost.ratio,
+        "round_ratios": list(cost.round_ratios),
+        "bar": cost.bar,
+        "met": cost.met,
     }
 
 
@@ -160,13 +183,47 @@ def format_table(result: SuiteResult) -> str:
         lines.append("  ".join(cells).rstrip())
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
+    if result.journal_cost:
+        lines.append("")
+        lines.extend(journal_cost_lines(result.journal_cost))
     notes = _notes(result)
     if notes:
         lines.append("")
         lines.extend(notes)
     lines.append("")
     lines.append(LEGEND)
+    if result.journal_cost:
+        lines.append(JOURNAL_LEGEND)
     return "\n".join(lines)
+
+
+def _median(row: Row) -> str:
+    if row.figure is None:
+        return row.status
+    if row.workload.kind == "latency":
+        return f"p50 {_num(row.figure.median)} µs"
+    return f"{_num(row.figure.median)} {row.workload.unit}"
+
+
+def journal_cost_lines(costs: list[JournalCost]) -> list[str]:
+    """One line per workload: klieo (journal on) as a share of klieo-nojournal."""
+    out = []
+    for c in costs:
+        what = f"{c.workload.key}" + (f" {c.op}" if c.op else "")
+        figures = f"{c.journal.peer.name} {_median(c.journal)} vs {c.nojournal.peer.name} " + (
+            _median(c.nojournal)
+        )
+        if c.ratio is None:
+            out.append(f"journal cost: {what} n/a ({figures})")
+            continue
+        rounds = ""
+        if len(c.round_ratios) > 1:
+            rounds = f", rounds {min(c.round_ratios):.2f}-{max(c.round_ratios):.2f}x"
+        bar = ""
+        if c.bar is not None:
+            bar = f"bar >= {c.bar:.2f}x: {'met' if c.met else 'NOT met'}; "
+        out.append(f"journal cost: {what} {c.ratio:.2f}x of no-journal ({bar}{figures}{rounds})")
+    return out
 
 
 def _notes(result: SuiteResult) -> list[str]:

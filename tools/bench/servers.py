@@ -2,7 +2,10 @@
 
 Each server gets a free loopback port (or a socket path) and its own temporary
 directory; :class:`ServerPool` always stops what it started (SIGTERM, then SIGKILL)
-and removes the directories, also when the run is interrupted. A server that cannot
+and removes the directories, also when the run is interrupted. Two klieo-shmd run
+when both are wanted: ``klieo`` with the daemon's defaults (its journal goes beside
+its socket, ``klieo.state`` in the server's directory, so it is removed with it) and
+``klieo-nojournal`` with ``--no-state``. A server that cannot
 be had is recorded with the reason, so its peers are reported as skipped.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import os
 import shutil
@@ -40,6 +44,7 @@ class Server:
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     tmpdir: Path | None = None
     log: Path | None = None
+    state_dir: Path | None = None  # klieo-shmd's journal directory, when it keeps one
     restarts: list[str] = field(default_factory=list)
 
     def log_tail(self) -> str:
@@ -52,6 +57,7 @@ class Server:
             "url": self.url,
             "version": self.version,
             "restarts": len(self.restarts),
+            "state_dir": str(self.state_dir) if self.state_dir else None,
             "log_tail": self.log_tail() or None,
         }
 
@@ -200,7 +206,12 @@ def _redis_ready(url: str) -> bool:
 # ----------------------------------------------------------------------- klieo-shmd
 
 
-def _start_klieo(srv: Server) -> None:
+def _start_klieo(srv: Server, journal: bool = True) -> None:
+    """klieo-shmd on ``<tmpdir>/klieo.sock``: with its defaults, or ``--no-state``.
+
+    The default state directory is beside the socket (``<tmpdir>/klieo.state``), so
+    the pool removes the journal with the server's directory.
+    """
     try:
         spec = importlib.util.find_spec("klieo_shm")
     except Exception as exc:
@@ -209,11 +220,12 @@ def _start_klieo(srv: Server) -> None:
         raise RuntimeError("klieo_shm is not importable")
     assert srv.tmpdir is not None
     sock = srv.tmpdir / "klieo.sock"
+    extra = [] if journal else ["--no-state"]
     exe = find_executable("klieo-shmd")
     if exe is not None:
-        cmd = [exe, "--socket", str(sock)]
+        cmd = [exe, "--socket", str(sock), *extra]
     elif _has_module("klieo_shm.daemon.__main__"):
-        cmd = [sys.executable, "-m", "klieo_shm.daemon", "--socket", str(sock)]
+        cmd = [sys.executable, "-m", "klieo_shm.daemon", "--socket", str(sock), *extra]
     else:
         raise RuntimeError("the klieo-shmd daemon does not exist yet (no klieo-shmd command)")
     env = dict(os.environ)
@@ -224,7 +236,13 @@ def _start_klieo(srv: Server) -> None:
     srv.proc = _spawn(cmd, srv.tmpdir, log.name, env)
     _wait(lambda: _unix_ready(sock), srv.proc, log, "klieo-shmd")
     srv.url = f"shm://{sock}"
-    srv.version = " ".join(Path(c).name for c in cmd[:3])
+    state = srv.tmpdir / "klieo.state"  # the daemon's default: beside the socket
+    if journal:
+        srv.state_dir = state
+        note = "journal in klieo.state" if state.is_dir() else "journal on, but no klieo.state"
+    else:
+        note = "no journal" if not state.exists() else "no journal, yet klieo.state exists"
+    srv.version = " ".join([*(Path(c).name for c in cmd[:3]), *extra]) + f" ({note})"
 
 
 def _has_module(name: str) -> bool:
@@ -243,7 +261,12 @@ def _unix_ready(path: Path) -> bool:
     return True
 
 
-_STARTERS = {"nats": _start_nats, "redis": _start_redis, "klieo": _start_klieo}
+_STARTERS: dict[str, Callable[[Server], None]] = {
+    "nats": _start_nats,
+    "redis": _start_redis,
+    "klieo": _start_klieo,
+    "klieo-nojournal": functools.partial(_start_klieo, journal=False),
+}
 
 
 class ServerPool:
@@ -286,8 +309,9 @@ class ServerPool:
             _stop(srv.proc)
         finally:
             srv.proc = None
-            if srv.tmpdir is not None:
-                shutil.rmtree(srv.tmpdir, ignore_errors=True)
+            for path in (srv.state_dir, srv.tmpdir):  # the journal is inside tmpdir
+                if path is not None:
+                    shutil.rmtree(path, ignore_errors=True)
 
     def stop_all(self) -> None:
         for srv in self.servers.values():

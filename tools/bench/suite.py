@@ -1,4 +1,5 @@
-"""Plan and run a benchmark: servers, warm-up, rounds, rows and klieo ratios."""
+"""Plan and run a benchmark: servers, warm-up, rounds, rows, klieo ratios and the
+journal's cost (``klieo`` vs ``klieo-nojournal`` of the same run)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,14 @@ from tools.bench.progress import Progress
 from tools.bench.runner import RunFailed, describe, run_roles
 from tools.bench.servers import ServerPool
 from tools.bench.stats import MeasureError, Summary, ratio, round_figures, summarize
-from tools.bench.workloads import KLIEO_FAMILY, klieo_probe
+from tools.bench.workloads import KLIEO_FAMILY, KLIEO_SERVERS, NOJOURNAL, klieo_probe
 from tools.bench.workloads.base import WORKLOADS, Impl, Peer, RunParams, Workload
 
 Status = Literal["ok", "skipped", "failed", "n/a"]
+
+JOURNAL_BAR = 0.8  # the issue: with its journal, klieo keeps >= 80% of the no-journal figure
+JOURNAL_BAR_WORKLOADS = ("W1", "W5")  # ... on these workloads; the others are informative
+JOURNAL_PEER = "klieo"  # the same roles as klieo-nojournal, against the default daemon
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,28 @@ class Row:
         return f"{self.workload.key} {self.workload.name}" + (f" {self.op}" if self.op else "")
 
 
+@dataclass(frozen=True)
+class JournalCost:
+    """``klieo`` (daemon defaults, journal on) against ``klieo-nojournal`` in one run.
+
+    ``ratio`` compares the medians over the rounds: journal/no-journal for throughput,
+    no-journal/journal for latency, so < 1 means the journal costs that much.
+    ``round_ratios`` pairs round i of both rows (they run back to back in each pass).
+    """
+
+    workload: Workload
+    op: str
+    journal: Row
+    nojournal: Row
+    ratio: float | None
+    round_ratios: tuple[float, ...]
+    bar: float | None = None  # the lowest acceptable ratio, for the workloads that have one
+
+    @property
+    def met(self) -> bool | None:
+        return None if self.ratio is None or self.bar is None else self.ratio >= self.bar
+
+
 @dataclass
 class SuiteResult:
     options: Options
@@ -71,6 +98,7 @@ class SuiteResult:
     started: float
     wall_s: float
     host: dict[str, Any] = field(default_factory=dict)
+    journal_cost: list[JournalCost] = field(default_factory=list)
 
 
 def _count(workload: Workload, opts: Options, warmup: bool) -> int:
@@ -235,6 +263,7 @@ def run_suite(opts: Options, progress: Progress) -> SuiteResult:
         progress.done()
     _add_ratios(rows)
     return SuiteResult(
+        journal_cost=journal_costs(rows),
         options=opts,
         rows=rows,
         servers=servers,
@@ -292,17 +321,19 @@ def _run_round(
 def _probe_klieo(
     peers: Sequence[Peer], avail: dict[str, str | None], runner: _RowRunner, progress: Progress
 ) -> None:
-    """One connect/close before any klieo row, so a broken client gives one clear reason."""
-    klieo = [p for p in peers if p.family == KLIEO_FAMILY and avail[p.name] is None]
-    if not klieo:
-        return
-    progress.status("probing klieo_shm connect()")
-    params = runner.params(WORKLOADS["W1"], 1)
-    try:
-        run_roles(klieo_probe(), params, runner.ctx)
-    except RunFailed as exc:
-        for p in klieo:
-            avail[p.name] = f"connect failed: {exc}"
+    """One connect/close per klieo-shmd before any klieo row, so a broken client
+    gives one clear reason."""
+    for server in KLIEO_SERVERS:
+        klieo = [p for p in peers if server in p.servers and avail[p.name] is None]
+        if not klieo:
+            continue
+        progress.status(f"probing klieo_shm connect() to the {server} server")
+        params = runner.params(WORKLOADS["W1"], 1)
+        try:
+            run_roles(klieo_probe(server), params, runner.ctx)
+        except RunFailed as exc:
+            for p in klieo:
+                avail[p.name] = f"connect failed: {exc}"
 
 
 def _add_ratios(rows: list[Row]) -> None:
@@ -330,3 +361,26 @@ def _better(a: Row, b: Row) -> bool:
     if a.higher_is_better:
         return a.figure.median > b.figure.median
     return a.figure.median < b.figure.median
+
+
+def journal_costs(rows: Sequence[Row]) -> list[JournalCost]:
+    """The journal's cost for every workload and op with a ``klieo-nojournal`` row."""
+    by_key = {(r.workload.key, r.op, r.peer.name): r for r in rows}
+    out = []
+    for nojournal in rows:
+        if nojournal.peer.name != NOJOURNAL or nojournal.status == "n/a":
+            continue
+        journal = by_key.get((nojournal.workload.key, nojournal.op, JOURNAL_PEER))
+        if journal is None:
+            continue
+        value: float | None = None
+        pairs: tuple[float, ...] = ()
+        if journal.figure is not None and nojournal.figure is not None:
+            best = journal.higher_is_better
+            value = ratio(journal.figure.median, nojournal.figure.median, best)
+            zipped = zip(journal.figure.values, nojournal.figure.values, strict=False)
+            pairs = tuple(r for a, b in zipped if (r := ratio(a, b, best)) is not None)
+        bar = JOURNAL_BAR if nojournal.workload.key in JOURNAL_BAR_WORKLOADS else None
+        w, op = nojournal.workload, nojournal.op
+        out.append(JournalCost(w, op, journal, nojournal, value, pairs, bar))
+    return out

@@ -14,6 +14,8 @@ from tools.bench.workloads import (
 from tools.bench.workloads.base import Impl, Peer
 
 KLIEO_FAMILY = klieo_peer.FAMILY
+NOJOURNAL = klieo_peer.NOJOURNAL  # klieo_shm without journal: peer, family and server
+KLIEO_SERVERS = (klieo_peer.SERVER, NOJOURNAL)  # servers whose peers use the klieo_shm API
 
 
 def all_peers() -> list[Peer]:
@@ -42,8 +44,15 @@ def select_peers(names: list[str] | None) -> list[Peer]:
     return [p for p in peers if p.family in wanted or p.name in wanted]
 
 
-def klieo_probe() -> Impl:
-    return klieo_peer.probe_impl()
+def klieo_probe(server: str = klieo_peer.SERVER) -> Impl:
+    return klieo_peer.probe_impl(server)
 
 
-__all__ = ["KLIEO_FAMILY", "all_peers", "klieo_probe", "select_peers"]
+__all__ = [
+    "KLIEO_FAMILY",
+    "KLIEO_SERVERS",
+    "NOJOURNAL",
+    "all_peers",
+    "klieo_probe",
+    "select_peers",
+]
