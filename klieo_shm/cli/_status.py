@@ -95,7 +95,5 @@ def render(stats: dict[str, Any], socket_path: str) -> str:
     ]
     state = stats.get("state_dir")
     journal = int(stats.get("journal_bytes", 0))
-    out.append(
-        f"  journal        {_mib(journal)} in {state}" if state else "  journal        none"
-    )
+    out.append(f"  journal        {_mib(journal)} in {state}" if state else "  journal        none")
     return "\n".join(out)

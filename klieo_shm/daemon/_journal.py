@@ -18,8 +18,9 @@ Contract:
   journal does not grow without bound;
 * one broker per state directory: an exclusive ``flock`` on ``lock``.
 
-Record bodies are msgpack arrays whose first item is one of the ops below
-(file framing: ``klieo_shm.layout.journal``).
+Records are msgpack arrays whose first item is one of the ops below, plus
+an optional raw tail (a payload region), which :meth:`Journal.load` appends
+as the record's last item (file framing: ``klieo_shm.layout.journal``).
 """
 
 from __future__ import annotations
@@ -38,16 +39,22 @@ from ..layout.journal import (
     JOURNAL_HEADER,
     JournalFormatError,
     check_journal_header,
-    frame_record,
+    frame_parts,
     journal_header,
     scan_records,
 )
 
-__all__ = ["FSYNC_POLICIES", "Journal", "StateDirError"]
+__all__ = ["FSYNC_POLICIES", "IOV_MAX", "Journal", "Record", "StateDirError"]
 
 log = logging.getLogger("klieo.shmd")
 
 FSYNC_POLICIES: Final = ("always", "interval", "never")
+BORROW_MIN: Final = 64 << 10
+"""Tails this big are written from where they lie; smaller ones are copied."""
+IOV_MAX: Final = 1024
+"""Most buffers one ``writev`` takes (Linux)."""
+Record = tuple[list[Any], "bytes | memoryview"]
+"""A record as a snapshot yields it: its items and its raw tail (or b"")."""
 COMPACT_MIN: Final = 64 << 20
 """The journal is rewritten once it is this big and four times its last snapshot."""
 
@@ -55,7 +62,7 @@ COMPACT_MIN: Final = 64 << 20
 SEQ: Final = 1  # [SEQ, last publish sequence]
 DURABLE: Final = 2  # [DURABLE, name, pattern, ack_wait]
 DURABLE_DEL: Final = 3  # [DURABLE_DEL, name]
-PUBLISH: Final = 4  # [PUBLISH, first_seq, region, descs, subjects, routes, route_of]
+PUBLISH: Final = 4  # [PUBLISH, first_seq, descs, subjects, routes, route_of] + region tail
 DELIVERED: Final = 5  # [DELIVERED, durable, seqs]  each delivered once more
 ACKED: Final = 6  # [ACKED, durable, seqs]
 COUNTS: Final = 7  # [COUNTS, durable, seqs, counts]  (snapshots)
@@ -100,7 +107,8 @@ class Journal:
                 f"state directory {directory} is in use by another klieo-shmd"
             ) from None
         self._fd = -1
-        self._out: list[bytes] = []
+        self._out: list[bytes | memoryview] = []
+        self.borrowed = False  # a queued tail is a view of memory someone may reuse
         self._pack = msgpack.Packer(use_bin_type=True).pack
         self.size = 0
         self.snapshot_size = 0
@@ -125,8 +133,11 @@ class Journal:
         records = []
         end = JOURNAL_HEADER.size
         unpack = msgpack.unpackb
-        for end, body in scan_records(data):  # noqa: B007 -- ``end`` is used after the loop
-            records.append(unpack(body, raw=False, strict_map_key=False))
+        for end, meta, tail in scan_records(data):  # noqa: B007 -- ``end`` is used after
+            rec = unpack(meta, raw=False, strict_map_key=False)
+            if tail:
+                rec.append(bytes(tail))
+            records.append(rec)
         if end < len(data):
             log.warning(
                 "journal %s: ignoring %d bytes after offset %d (a record cut short by a crash)",
@@ -138,7 +149,7 @@ class Journal:
         return records
 
     # --- writing ---------------------------------------------------------------
-    def rewrite(self, records: Iterable[list[Any]]) -> None:
+    def rewrite(self, records: Iterable[Record]) -> None:
         """Replace the journal by ``records`` (a snapshot), atomically; the
         journal then stays open for appends."""
         self.flush()
@@ -146,17 +157,17 @@ class Journal:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         size = 0
         try:
-            chunk: list[bytes] = [journal_header()]
+            chunk: list[bytes | memoryview] = [journal_header()]
             pending = len(chunk[0])
             pack = self._pack
-            for rec in records:
-                framed = frame_record(pack(rec))
-                chunk.append(framed)
-                pending += len(framed)
-                if pending >= 1 << 20:
-                    size += _write_all(fd, b"".join(chunk))
+            for rec, tail in records:
+                parts = frame_parts(pack(rec), tail)
+                chunk += parts
+                pending += len(parts[0]) + len(parts[1]) + len(tail)
+                if pending >= 1 << 20 or len(chunk) >= IOV_MAX - 3:
+                    size += _write_all(fd, chunk)
                     chunk, pending = [], 0
-            size += _write_all(fd, b"".join(chunk))
+            size += _write_all(fd, chunk)
             if self.fsync != "never":
                 os.fsync(fd)
         except BaseException:
@@ -175,18 +186,30 @@ class Journal:
         self.rewrites += 1
         self._unsynced = False
 
-    def append(self, record: list[Any]) -> None:
-        """Queue ``record``; it reaches the file at the next :meth:`flush`."""
-        self._out.append(frame_record(self._pack(record)))
+    def append(self, record: list[Any], tail: bytes | memoryview = b"") -> None:
+        """Queue ``record`` and its raw ``tail``; they reach the file at the
+        next :meth:`flush`. A large ``memoryview`` tail is not copied: the
+        memory must not change before that flush (see :meth:`before_reuse`)."""
+        if type(tail) is memoryview:
+            if len(tail) < BORROW_MIN:
+                tail = bytes(tail)
+            else:
+                self.borrowed = True
+        self._out += frame_parts(self._pack(record), tail)
+
+    def before_reuse(self) -> None:
+        """Memory a queued tail may view is about to be reused: write first."""
+        if self.borrowed:
+            self.flush()
 
     def flush(self) -> None:
         """Write the queued records (and fsync them under ``"always"``)."""
         out = self._out
         if not out or self._fd < 0:
             return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        self.size += _write_all(self._fd, data)
+        self._out = []
+        self.borrowed = False
+        self.size += _write_all(self._fd, out)
         if self.fsync == "always":
             os.fsync(self._fd)
         else:
@@ -221,12 +244,20 @@ class Journal:
         return self._fd < 0
 
 
-def _write_all(fd: int, data: bytes) -> int:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-    return len(data)
+def _write_all(fd: int, parts: list[bytes | memoryview]) -> int:
+    """Write ``parts`` in order, ``IOV_MAX`` buffers per ``writev``; returns
+    the bytes written (a short write is finished, never left half done)."""
+    total = 0
+    for i in range(0, len(parts), IOV_MAX):
+        batch = parts[i : i + IOV_MAX]
+        want = sum(map(len, batch))
+        done = os.writev(fd, batch)
+        total += want
+        if done < want:  # rare: finish the rest buffer by buffer
+            rest = memoryview(b"".join(batch))[done:]
+            while rest:
+                rest = rest[os.write(fd, rest) :]
+    return total
 
 
 def _fsync_dir(directory: str) -> None:

@@ -335,10 +335,10 @@ class PubsubState:
                 i = table[id(cons)] = len(routes)
                 routes.append([c.name for c in cons])
             route_of.append(i)
-        region = bytes(self.store[off : off + span])
         assert self.journal is not None
         self.journal.append(
-            [PUBLISH, first, region, descs, ev.subjects, routes, route_of.tobytes()]
+            [PUBLISH, first, descs, ev.subjects, routes, route_of.tobytes()],
+            self.store[off : off + span],
         )
         return Block(off, refs, span, first, descs, ev.subjects)
 
@@ -359,6 +359,8 @@ class PubsubState:
     def _release(self, block: Block, n: int = 1) -> None:
         block.refs -= n
         if block.refs == 0:
+            if self.journal is not None:
+                self.journal.before_reuse()  # a queued record may still view it
             self.alloc.free(block.off)
 
     def _usage(self) -> None:

@@ -28,6 +28,7 @@ waiting for room).
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import time
 from array import array
@@ -117,7 +118,7 @@ def _durable_del(r: Recovered, rec: list[Any]) -> None:
 
 
 def _publish(r: Recovered, rec: list[Any]) -> None:
-    _, first, region, descs, subjects, routes, route_of = rec
+    _, first, descs, subjects, routes, route_of, region = rec
     r.batches[first] = (region, descs, subjects)
     targets = [[r.durables.get(name) for name in names] for names in routes]
     idx = array("H")
@@ -401,14 +402,13 @@ def _restore_jobs(b: Broker, r: Recovered, now: float) -> None:
 
 
 # --- snapshot ----------------------------------------------------------------------
-def snapshot(b: Broker) -> Iterator[list[Any]]:
+def snapshot(b: Broker) -> Iterator[J.Record]:
     """Records that rebuild ``b``'s state (see the module docstring)."""
-    yield from _snapshot_pubsub(b)
-    yield from _snapshot_kv(b)
-    yield from _snapshot_jobs(b)
+    for rec in itertools.chain(_snapshot_pubsub(b), _snapshot_kv(b), _snapshot_jobs(b)):
+        yield rec if type(rec) is tuple else (rec, b"")
 
 
-def _snapshot_pubsub(b: Broker) -> Iterator[list[Any]]:
+def _snapshot_pubsub(b: Broker) -> Iterator[Any]:
     ps = b.pubsub
     yield [J.SEQ, ps.seq]
     live = ps.consumers
@@ -444,16 +444,9 @@ def _snapshot_pubsub(b: Broker) -> Iterator[list[Any]]:
                 i = table[names] = len(routes)
                 routes.append(list(names))
             route_of.append(i)
-        region = bytes(ps.store[block.off : block.off + block.span])
-        yield [
-            J.PUBLISH,
-            block.first,
-            region,
-            block.descs,
-            block.subjects,
-            routes,
-            route_of.tobytes(),
-        ]
+        region = ps.store[block.off : block.off + block.span]
+        meta = [J.PUBLISH, block.first, block.descs, block.subjects, routes, route_of.tobytes()]
+        yield meta, region
     for name, seen in counts.items():
         seqs = sorted(seen)
         yield [

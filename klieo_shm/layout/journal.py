@@ -8,13 +8,20 @@ file I/O. Byte map (little-endian)::
     8       4     version      u32 JOURNAL_VERSION
     12      4     flags        u32, reserved (0)
     16      -     records, each:
-                    0  4  length  u32 bytes of body
-                    4  4  crc     u32 zlib.crc32 of the body
-                    8  -  body    a msgpack array whose first item is the op
+                    0   4  length    u32 bytes of body (meta + tail)
+                    4   4  crc       u32 zlib.crc32 of the body
+                    8   4  meta_len  u32 bytes of meta
+                    12  -  body      meta: a msgpack array whose first item
+                                     is the op; then tail: raw bytes (a
+                                     payload region), possibly empty
 
 A record is valid only whole: a body that runs past the end of the file or
 whose crc does not match ends the journal there (a torn last write after a
-crash); everything before it is trusted, nothing after it is read.
+crash); everything before it is trusted, nothing after it is read. The tail
+lets a large payload go to the file straight from where it lies (``writev``),
+without being copied into a msgpack buffer first.
+
+Version history: 1, one msgpack body per record; 2, meta + raw tail.
 """
 
 from __future__ import annotations
@@ -31,17 +38,18 @@ __all__ = [
     "MAX_RECORD",
     "JournalFormatError",
     "check_journal_header",
+    "frame_parts",
     "frame_record",
     "journal_header",
     "scan_records",
 ]
 
 JOURNAL_MAGIC: Final = b"KLIEOJNL"
-JOURNAL_VERSION: Final = 1
+JOURNAL_VERSION: Final = 2
 JOURNAL_HEADER: Final = struct.Struct("<8sII")
 MAX_RECORD: Final = 1 << 30
 """No record body is longer (a longer length field is a torn or foreign file)."""
-_FRAME: Final = struct.Struct("<II")
+_FRAME: Final = struct.Struct("<III")
 
 
 class JournalFormatError(Exception):
@@ -68,27 +76,37 @@ def check_journal_header(head: bytes) -> None:
         )
 
 
-def frame_record(body: bytes) -> bytes:
-    """``body`` with its length and crc in front."""
-    return _FRAME.pack(len(body), zlib.crc32(body)) + body
+def frame_parts(
+    meta: bytes, tail: bytes | memoryview = b""
+) -> tuple[bytes, bytes, bytes | memoryview]:
+    """The buffers of one record (write them in order): its frame header,
+    ``meta`` and ``tail``."""
+    crc = zlib.crc32(tail, zlib.crc32(meta)) if tail else zlib.crc32(meta)
+    return _FRAME.pack(len(meta) + len(tail), crc, len(meta)), meta, tail
+
+
+def frame_record(meta: bytes, tail: bytes | memoryview = b"") -> bytes:
+    """One record as a single ``bytes``."""
+    return b"".join(frame_parts(meta, tail))
 
 
 def scan_records(
     data: bytes | memoryview, start: int = JOURNAL_HEADER.size
-) -> Iterator[tuple[int, memoryview]]:
-    """Yield ``(end_offset, body)`` for each whole, intact record from
+) -> Iterator[tuple[int, memoryview, memoryview]]:
+    """Yield ``(end_offset, meta, tail)`` for each whole, intact record from
     ``start``; stop at the first torn or corrupt one. The last ``end_offset``
     yielded (or ``start``) is where the valid journal ends."""
     view = memoryview(data)
     pos, size = start, len(view)
     unpack = _FRAME.unpack_from
     while pos + _FRAME.size <= size:
-        length, crc = unpack(view, pos)
-        end = pos + _FRAME.size + length
-        if length > MAX_RECORD or end > size:
+        length, crc, meta_len = unpack(view, pos)
+        begin = pos + _FRAME.size
+        end = begin + length
+        if length > MAX_RECORD or meta_len > length or end > size:
             return
-        body = view[pos + _FRAME.size : end]
+        body = view[begin:end]
         if zlib.crc32(body) != crc:
             return
-        yield end, body
+        yield end, body[:meta_len], body[meta_len:]
         pos = end

@@ -10,57 +10,74 @@ from hypothesis import strategies as st
 from klieo_shm.layout.journal import (
     JOURNAL_HEADER,
     JOURNAL_MAGIC,
+    JOURNAL_VERSION,
     JournalFormatError,
     check_journal_header,
+    frame_parts,
     frame_record,
     journal_header,
     scan_records,
 )
 
-bodies = st.lists(st.binary(min_size=0, max_size=300), min_size=0, max_size=20)
+Rec = tuple[bytes, bytes]
+bodies = st.lists(
+    st.tuples(st.binary(min_size=0, max_size=300), st.binary(min_size=0, max_size=300)),
+    min_size=0,
+    max_size=20,
+)
 
 
-def journal(records: list[bytes]) -> bytes:
-    return journal_header() + b"".join(frame_record(r) for r in records)
+def journal(records: list[Rec]) -> bytes:
+    return journal_header() + b"".join(frame_record(meta, tail) for meta, tail in records)
+
+
+def read(data: bytes) -> list[Rec]:
+    return [(bytes(meta), bytes(tail)) for _, meta, tail in scan_records(data)]
 
 
 @given(bodies)
-def test_every_record_reads_back(records: list[bytes]) -> None:
+def test_every_record_reads_back_meta_and_tail(records: list[Rec]) -> None:
     data = journal(records)
     check_journal_header(data)
-    got = [bytes(body) for _, body in scan_records(data)]
-    assert got == records
+    assert read(data) == records
+    parts = b"".join(b"".join(frame_parts(m, memoryview(t))) for m, t in records)
+    assert journal_header() + parts == data  # written from buffers or whole: same bytes
 
 
 @given(bodies, st.data())
 def test_a_cut_anywhere_yields_exactly_the_whole_records_before_it(
-    records: list[bytes], data: st.DataObject
+    records: list[Rec], data: st.DataObject
 ) -> None:
     full = journal(records)
     cut = data.draw(st.integers(JOURNAL_HEADER.size, len(full)))
-    got = list(scan_records(full[:cut]))
-    ends = [end for end, _ in scan_records(full)]
+    ends = [end for end, _, _ in scan_records(full)]
     whole = [e for e in ends if e <= cut]
-    assert [end for end, _ in got] == whole
-    assert [bytes(b) for _, b in got] == records[: len(whole)]
+    assert [end for end, _, _ in scan_records(full[:cut])] == whole
+    assert read(full[:cut]) == records[: len(whole)]
 
 
-@given(st.lists(st.binary(min_size=1, max_size=100), min_size=1, max_size=10), st.data())
+@given(
+    st.lists(
+        st.tuples(st.binary(min_size=1, max_size=100), st.binary(max_size=100)),
+        min_size=1,
+        max_size=10,
+    ),
+    st.data(),
+)
 def test_a_flipped_byte_ends_the_journal_at_that_record(
-    records: list[bytes], data: st.DataObject
+    records: list[Rec], data: st.DataObject
 ) -> None:
     full = bytearray(journal(records))
-    ends = [JOURNAL_HEADER.size] + [end for end, _ in scan_records(bytes(full))]
+    ends = [JOURNAL_HEADER.size] + [end for end, _, _ in scan_records(bytes(full))]
     i = data.draw(st.integers(0, len(records) - 1))
     start, end = ends[i], ends[i + 1]
-    pos = data.draw(st.integers(start + 8, end - 1))  # inside the body
+    pos = data.draw(st.integers(start + 4, end - 1))  # crc, meta length or body
     full[pos] ^= 0xFF
-    got = [bytes(b) for _, b in scan_records(bytes(full))]
-    assert got == records[:i]
+    assert read(bytes(full)) == records[:i]
 
 
 def test_other_versions_and_foreign_files_are_refused_naming_both_versions() -> None:
-    with pytest.raises(JournalFormatError, match=r"version 7.*version 1"):
+    with pytest.raises(JournalFormatError, match=rf"version 7.*version {JOURNAL_VERSION}"):
         check_journal_header(JOURNAL_HEADER.pack(JOURNAL_MAGIC, 7, 0))
     with pytest.raises(JournalFormatError, match="not a klieo journal"):
         check_journal_header(b"SQLite format 3\x00" + bytes(8))

@@ -18,7 +18,7 @@ import klieo_shm
 from klieo_shm import Job
 from klieo_shm.daemon import DaemonError, DaemonProcess
 from klieo_shm.daemon._config import default_state_dir
-from klieo_shm.layout.journal import JOURNAL_HEADER, JOURNAL_MAGIC
+from klieo_shm.layout.journal import JOURNAL_HEADER, JOURNAL_MAGIC, JOURNAL_VERSION
 
 HERE = os.path.dirname(__file__)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(klieo_shm.__file__)))
@@ -278,7 +278,7 @@ def test_another_format_version_is_refused_with_both_versions_named(sock: str) -
     )
     assert out.returncode == 1
     assert "version 99" in out.stderr, out.stderr
-    assert "version 1 " in out.stderr, out.stderr
+    assert f"version {JOURNAL_VERSION} " in out.stderr, out.stderr
     assert state in out.stderr
 
 
@@ -368,3 +368,27 @@ async def test_a_state_directory_of_ones_choice_with_each_fsync_policy(
 
 def listdir(path: str) -> list[str]:
     return os.listdir(path)
+
+
+def test_a_large_tail_is_written_as_it_was_when_appended(sock: str) -> None:
+    from klieo_shm.daemon._journal import BORROW_MIN, Journal
+
+    state = os.path.join(os.path.dirname(sock), "j")
+    region = bytearray(b"a" * BORROW_MIN)
+    journal = Journal(state, "never")
+    try:
+        journal.load()
+        journal.rewrite([])
+        journal.append([1, 7], memoryview(region))  # borrowed, not copied
+        assert journal.borrowed
+        journal.before_reuse()  # the store is about to reuse the memory
+        region[:] = b"b" * BORROW_MIN
+        journal.append([1, 8], memoryview(bytearray(b"c" * 10)))  # small: copied
+        journal.flush()
+    finally:
+        journal.close()
+    again = Journal(state, "never")
+    try:
+        assert again.load() == [[1, 7, b"a" * BORROW_MIN], [1, 8, b"c" * 10]]
+    finally:
+        again.close()
