@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import struct
 from array import array
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
@@ -51,6 +52,7 @@ __all__ = ["Block", "Consumer", "Member", "PubsubState"]
 CHUNK: Final = 128
 """Most messages in one delivery frame."""
 _ROUTE_CACHE_MAX: Final = 65536
+_DESCS: dict[int, struct.Struct] = {}  # n -> Struct packing n PUB_DESCs at once
 MAX_PARKED: Final = 65536
 """Most publish batches of one client waiting for storage (a bound on the
 broker memory a client can pin; each waiting batch also pins arena room)."""
@@ -324,20 +326,29 @@ class PubsubState:
     ) -> Block:
         """Record a stored batch: its region, descriptors and, per message,
         the durables it went to (as an index into a table of durable lists)."""
-        pack = PUB_DESC.pack
-        descs = b"".join([pack(*d) for d in ev.descs])
-        table: dict[int, int] = {}
-        routes: list[list[str]] = []
-        route_of = array("H")
-        for cons in routed:
-            i = table.get(id(cons))
-            if i is None:
-                i = table[id(cons)] = len(routes)
-                routes.append([c.name for c in cons])
-            route_of.append(i)
+        n = len(ev.descs)
+        packer = _DESCS.get(n)
+        if packer is None:
+            packer = _DESCS[n] = struct.Struct("<" + PUB_DESC.format.lstrip("<") * n)
+        descs = packer.pack(*itertools.chain.from_iterable(ev.descs))
+        first_route = routed[0]
+        if len(set(map(id, routed))) == 1:  # the common case: one subject's durables
+            routes = [[c.name for c in first_route]]
+            route_of = bytes(2 * n)
+        else:
+            table: dict[int, int] = {}
+            routes = []
+            index = array("H")
+            for cons in routed:
+                i = table.get(id(cons))
+                if i is None:
+                    i = table[id(cons)] = len(routes)
+                    routes.append([c.name for c in cons])
+                index.append(i)
+            route_of = index.tobytes()
         assert self.journal is not None
         self.journal.append(
-            [PUBLISH, first, descs, ev.subjects, routes, route_of.tobytes()],
+            [PUBLISH, first, descs, ev.subjects, routes, route_of],
             self.store[off : off + span],
         )
         return Block(off, refs, span, first, descs, ev.subjects)
@@ -445,6 +456,7 @@ class PubsubState:
             naks: list[tuple[Consumer, Message, int]] = []
             last_m: Member | None = None
             last_b: Block | None = None
+            seqs: array[int] | None = None
             mn = bn = 0
             for did in range(first, first + n):
                 rec = pop(did, None)
@@ -455,6 +467,10 @@ class PubsubState:
                     if last_m is not None:
                         self._settle(last_m, mn)
                     last_m, mn = m, 0
+                    if acked is not None:
+                        seqs = acked.get(m.consumer)
+                        if seqs is None:
+                            seqs = acked[m.consumer] = array("q")
                 mn += 1
                 if settle:
                     b = msg[3]
@@ -465,10 +481,7 @@ class PubsubState:
                     bn += 1
                     if dcount > 1:
                         m.consumer.counts.pop(msg[0], None)
-                    if acked is not None:
-                        seqs = acked.get(m.consumer)
-                        if seqs is None:
-                            seqs = acked[m.consumer] = array("q")
+                    if seqs is not None:
                         seqs.append(msg[0])
                 else:
                     naks.append((m.consumer, msg, dcount))
@@ -487,8 +500,9 @@ class PubsubState:
                 else:
                     c.pending.appendleft(msg)
         if acked:
-            for c, seqs in acked.items():
-                self.journal.append([ACKED, c.name, seqs.tobytes()])  # type: ignore[union-attr]
+            for c, done in acked.items():
+                if done:
+                    self.journal.append([ACKED, c.name, done.tobytes()])  # type: ignore[union-attr]
         self._usage()
 
     def _settle(self, m: Member, n: int) -> None:

@@ -157,7 +157,9 @@ async def _windowed(rc: RoleContext, call: Any, what: str) -> None:
 async def publisher(rc: RoleContext) -> RoleResult:
     bus = await _connect(rc)
     subject, data = _subject(rc.params), payload(rc.size)
-    publish = bus.pubsub.publish
+    # JetStream's publish_async, as the NATS peer uses it: a future per
+    # message, no task (the interface's publish() would add a task each)
+    publish = bus.pubsub.publish_async
     await rc.aready()
     t0 = now()
     async with asyncio.timeout(max(0.01, rc.remaining())):
