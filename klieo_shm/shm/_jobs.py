@@ -228,13 +228,26 @@ class ShmJobQueue(JobQueue):
 
     # --- enqueue --------------------------------------------------------------
     async def enqueue(self, queue: str, job: Job) -> JobId:
+        client = self._client
+        if not client.connected:
+            self._queue(queue)
+            await client.ensure()
+        return await self.enqueue_async(queue, job)
+
+    def enqueue_async(self, queue: str, job: Job) -> asyncio.Future[JobId]:
+        """Like ``ShmPubsub.publish_async``: queue the job and return at once
+        a future of its id, resolved when the broker has it (or failed with
+        ``Full``/``Closed``). Argument errors raise here, synchronously.
+
+        Not part of the ``JobQueue`` interface: the way to enqueue without a
+        task per job. Jobs queued in one loop turn share one call, in call
+        order. Must be called from the bus's event loop.
+        """
         self._queue(queue)
         if not isinstance(job, Job):
             raise InvalidArgument("job", job, "must be a klieo_shm.Job")
         client = self._client
-        if not client.connected:
-            await client.ensure()
-        if len(job.payload) > client.max_payload:
+        if client.max_payload and len(job.payload) > client.max_payload:
             raise PayloadTooLarge(len(job.payload), client.max_payload)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[str] = loop.create_future()
@@ -245,7 +258,7 @@ class ShmJobQueue(JobQueue):
         if not self._enq_scheduled:
             self._enq_scheduled = True
             loop.call_soon(self._send_enqueues)
-        return await fut
+        return fut
 
     def _send_enqueues(self) -> None:
         self._enq_scheduled = False

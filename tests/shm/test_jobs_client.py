@@ -142,3 +142,29 @@ async def test_malformed_job_calls_fail_that_call_or_connection_only(
         job = await bus.jobs.claim("ok", "w", 30.0)
         assert job is not None
         await job.ack()
+
+
+async def test_enqueue_async_pipelines_without_a_task_per_job(sock: str) -> None:
+    from klieo_shm.shm import ShmJobQueue
+
+    async with running_broker(sock):
+        bus = await klieo_shm.connect(f"shm://{sock}")
+        jobs = bus.jobs
+        assert isinstance(jobs, ShmJobQueue)
+        before = len(asyncio.all_tasks())
+        futures = [jobs.enqueue_async("ea", Job(b"%d" % i)) for i in range(3000)]
+        assert len(asyncio.all_tasks()) == before  # futures, not tasks
+        ids = await asyncio.gather(*futures)
+        assert len(set(ids)) == 3000
+        dup = await jobs.enqueue_async("ea", Job(b"again", dedup_key="k"))
+        assert await jobs.enqueue_async("ea", Job(b"again", dedup_key="k")) == dup
+        for i in range(3000):  # in call order
+            job = await jobs.claim("ea", "w", 30.0)
+            assert job is not None
+            assert job.payload == b"%d" % i
+            await job.ack()
+        with pytest.raises(klieo_shm.InvalidArgument):
+            jobs.enqueue_async("bad queue name!", Job(b""))
+        with pytest.raises(klieo_shm.InvalidArgument):
+            jobs.enqueue_async("ea", b"not a Job")  # type: ignore[arg-type]
+        await bus.close()

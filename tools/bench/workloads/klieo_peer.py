@@ -1,8 +1,9 @@
 """The klieo_shm adapter: only the package's public API.
 
 * ``klieo``: the asyncio API (``bus = await klieo_shm.connect(url)``) for W1-W6.
-  Publishes and enqueues are pipelined by keeping ``WINDOW`` calls in flight with
-  ``asyncio.gather``; consumers ack every message.
+  Publishes and enqueues are pipelined as the NATS peer's ``publish_async``: futures
+  (``publish_async``, ``enqueue_async``), up to 4000 or 32 MiB in flight; consumers
+  ack every message.
 * ``klieo-sync``: the blocking API (``klieo_shm.sync.connect(url)``) for the
   call-and-return workloads W3 (client side), W4 and W5.
 * ``klieo-nojournal``: the ``klieo`` roles against a second ``klieo-shmd`` started with
@@ -50,7 +51,6 @@ NOJOURNAL = "klieo-nojournal"  # peer, family and server name of the variant
 # full run grow too long.
 NOJOURNAL_WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6")
 SERVER = "klieo"  # the server key a role connects to unless its options say otherwise
-WINDOW = 64  # enqueues in flight on the asyncio API
 INFLIGHT_BYTES = 32 * 1024 * 1024  # publish_async's window in bytes, as the NATS peer's
 LEASE_TTL = 30.0
 
@@ -148,33 +148,31 @@ def probe_impl(server: str = SERVER) -> Impl:
 # ------------------------------------------------------------------------------ pub/sub
 
 
-async def _windowed(rc: RoleContext, call: Any, what: str) -> None:
-    for start in range(0, rc.count, WINDOW):
-        n = min(WINDOW, rc.count - start)
-        await asyncio.gather(*(call() for _ in range(n)))
-        rc.check(what)
+async def _pipelined(rc: RoleContext, start: Callable[[], Any], what: str) -> None:
+    """Start ``rc.count`` operations, each returning a future, keeping up to
+    4000 (or 32 MiB) unfinished, as the NATS peer's publish_async window."""
+    window = max(1, min(4000, INFLIGHT_BYTES // max(1, rc.size)))
+    inflight: deque[Any] = deque()
+    for i in range(rc.count):
+        inflight.append(start())
+        if len(inflight) >= window:
+            await inflight.popleft()
+        if not i & 255:
+            rc.check(what)
+    await asyncio.gather(*inflight)  # raises if any was refused
 
 
 @_arole
 async def publisher(rc: RoleContext) -> RoleResult:
     """JetStream-style pipelining, as the NATS peer does it: publish_async
-    (a future per message, no task) with up to 4000 unacknowledged publishes
-    or 32 MiB in flight, whichever is less (the NATS peer's window)."""
+    (a future per message, no task)."""
     bus = await _connect(rc)
     subject, data = _subject(rc.params), payload(rc.size)
     publish = bus.pubsub.publish_async
-    window = max(1, min(4000, INFLIGHT_BYTES // max(1, rc.size)))
     await rc.aready()
     t0 = now()
     async with asyncio.timeout(max(0.01, rc.remaining())):
-        inflight: deque[Any] = deque()
-        for i in range(rc.count):
-            inflight.append(publish(subject, data))
-            if len(inflight) >= window:
-                await inflight.popleft()
-            if not i & 255:
-                rc.check("publishing")
-        await asyncio.gather(*inflight)  # raises if any publish was refused
+        await _pipelined(rc, lambda: publish(subject, data), "publishing")
     await _maybe(bus.close())
     return {"t0": t0}
 
@@ -337,15 +335,17 @@ def sync_kv_client(rc: RoleContext) -> RoleResult:
 
 @_arole
 async def producer(rc: RoleContext) -> RoleResult:
+    """Pipelined like the publisher: enqueue_async (a future per job, no
+    task), up to 4000 jobs or 32 MiB in flight."""
     from klieo_shm import Job
 
     bus = await _connect(rc)
     queue, data = f"q{rc.params.run_id}", payload(rc.size)
-    enqueue = bus.jobs.enqueue
+    enqueue = bus.jobs.enqueue_async
     await rc.aready()
     t0 = now()
     async with asyncio.timeout(max(0.01, rc.remaining())):
-        await _windowed(rc, lambda: enqueue(queue, Job(data)), "enqueueing")
+        await _pipelined(rc, lambda: enqueue(queue, Job(data)), "enqueueing")
     await _maybe(bus.close())
     return {"t0": t0}
 
@@ -441,7 +441,8 @@ PEERS = [
         name="klieo",
         family=FAMILY,
         label="durable",
-        what=f"klieo_shm asyncio API; publish/enqueue {WINDOW} in flight; ack per message; "
+        what="klieo_shm asyncio API; publish_async / enqueue_async up to 4000 (32 MiB) in "
+        "flight; ack per message; "
         "klieo-shmd with its defaults (journal on)",
         impls=_async_impls(SERVER),
         requires=_REQ,
