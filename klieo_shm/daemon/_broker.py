@@ -217,6 +217,7 @@ class Broker:
         if journal is None:
             return
         try:
+            self.jobs.journal_acks()
             journal.flush()
         except OSError as exc:
             log.critical("cannot write the journal in %s: %s; stopping", journal.directory, exc)
@@ -301,6 +302,7 @@ class Broker:
         journal = self.journal
         if journal is not None:
             if journal.wants_compaction():
+                self.jobs.journal_acks()
                 before = journal.size
                 journal.rewrite(snapshot(self))
                 log.info("journal compacted: %d -> %d bytes", before, journal.size)
@@ -320,6 +322,7 @@ class Broker:
         broker on this state directory (their holders may reconnect)."""
         journal = self.journal
         if journal is not None:
+            self.jobs.journal_acks()
             self._attach(None)
             journal.close()
         for s in list(self.sessions.values()):

@@ -233,6 +233,9 @@ class JobsState:
         self._prefix = uuid.uuid4().hex[:10]
         self._next_id = 1
         self.journal: Journal | None = None
+        # acked job ids per queue not yet journalled: one record per queue per
+        # journal flush (``journal_acks``), not one per ack call
+        self._acked: dict[str, list[str]] = {}
         self.orphans: set[_Job] = set()  # recovered claims whose holder has not come back
         self._next_sweep = 0.0
 
@@ -321,9 +324,7 @@ class JobsState:
 
     def _insert(self, q: _Queue, new: list[_Job], size: int) -> None:
         if self.journal is not None and new:
-            self.journal.append(
-                [JOB_ADD, q.name, [[j.id, j.payload, j.dedup, j.max_attempts, 0] for j in new]]
-            )
+            self.journal.append(job_add_record(q.name, new))
         q.jobs.update([(j.id, j) for j in new])
         q.ready.extend(new)
         self.live += len(new)
@@ -452,7 +453,7 @@ class JobsState:
         conflicts: list[Any] = []
         queues = self.queues
         freed = False
-        acked: dict[str, list[str]] | None = {} if self.journal is not None else None
+        acked = self._acked if self.journal is not None else None
         for i, (qname, job_id, token, kind, arg) in enumerate(entries):
             q = queues.get(qname)
             job = q.jobs.get(job_id) if q is not None else None
@@ -493,12 +494,19 @@ class JobsState:
                     self._serve_waiters(job.queue)
             else:
                 raise InvalidArgument("kind", kind, "unknown resolve kind")
-        if acked:
-            for qname, ids in acked.items():
-                self.journal.append([JOB_ACK, qname, ids])  # type: ignore[union-attr]
         if freed and self.parked:
             self._unpark(now)
         return conflicts
+
+    def journal_acks(self) -> None:
+        """Append the acks gathered since the last flush (the broker calls
+        this before every journal flush). Deferring them is safe: nothing
+        journalled later names an acked job."""
+        acked, journal = self._acked, self.journal
+        if acked and journal is not None:
+            for qname, ids in acked.items():
+                journal.append([JOB_ACK, qname, ids])
+            acked.clear()
 
     def _adopt(self, s: Session, job: _Job) -> None:
         """A recovered claim's holder is back on a new connection: the claim
@@ -673,6 +681,16 @@ class JobsState:
         if self.parked:
             self.parked = deque(p for p in self.parked if p[0] is not s)
             self._unpark(now)
+
+
+def job_add_record(queue: str, jobs: list[_Job]) -> list[Any]:
+    """The JOB_ADD journal record of ``jobs`` (see ``_journal``)."""
+    options = [
+        [i, j.dedup, j.max_attempts, j.attempts]
+        for i, j in enumerate(jobs)
+        if j.dedup is not None or j.max_attempts != DEFAULT_MAX_ATTEMPTS or j.attempts
+    ]
+    return [JOB_ADD, queue, [j.id for j in jobs], [j.payload for j in jobs], options]
 
 
 # --- calls -------------------------------------------------------------------------------

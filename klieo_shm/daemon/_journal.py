@@ -66,7 +66,9 @@ PUBLISH: Final = 4  # [PUBLISH, first_seq, descs, subjects, routes, route_of] + 
 DELIVERED: Final = 5  # [DELIVERED, durable, seqs]  each delivered once more
 ACKED: Final = 6  # [ACKED, durable, seqs]
 COUNTS: Final = 7  # [COUNTS, durable, seqs, counts]  (snapshots)
-JOB_ADD: Final = 10  # [JOB_ADD, queue, [[id, payload, dedup, max_attempts, attempts]...]]
+# [JOB_ADD, queue, [ids], [payloads], [[index, dedup, max_attempts, attempts]...]]
+# (the last list names only jobs whose options or attempts are not the defaults)
+JOB_ADD: Final = 10
 JOB_CLAIM: Final = 11  # [JOB_CLAIM, queue, pid, start, ttl, [[id, token, attempts]...]]
 JOB_ACK: Final = 12  # [JOB_ACK, queue, [ids]]
 JOB_READY: Final = 13  # [JOB_READY, queue, id, attempts, due (wall clock, 0: now)]

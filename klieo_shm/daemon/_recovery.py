@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .._values import DEFAULT_MAX_ATTEMPTS
 from ..layout import SLOT
 from ..protocol._frames import MSG_DESC, PUB_DESC
 from . import _journal as J
@@ -169,9 +170,13 @@ def _queue(r: Recovered, name: str) -> _Queue:
 
 
 def _job_add(r: Recovered, rec: list[Any]) -> None:
-    jobs = _queue(r, rec[1]).jobs
-    for job_id, payload, dedup, max_attempts, attempts in rec[2]:
-        jobs[job_id] = [payload, dedup, max_attempts, attempts, None, 0.0]
+    _, name, ids, payloads, options = rec
+    jobs = _queue(r, name).jobs
+    for job_id, payload in zip(ids, payloads, strict=True):
+        jobs[job_id] = [payload, None, DEFAULT_MAX_ATTEMPTS, 0, None, 0.0]
+    for i, dedup, max_attempts, attempts in options:
+        job = jobs[ids[i]]
+        job[1], job[2], job[3] = dedup, max_attempts, attempts
 
 
 def _job_claim(r: Recovered, rec: list[Any]) -> None:
@@ -473,7 +478,7 @@ def _snapshot_kv(b: Broker) -> Iterator[list[Any]]:
 
 
 def _snapshot_jobs(b: Broker) -> Iterator[list[Any]]:
-    from ._jobs import _CLAIMED, _DELAYED
+    from ._jobs import _CLAIMED, _DELAYED, job_add_record
 
     js = b.jobs
     now = b.clock()
@@ -487,11 +492,7 @@ def _snapshot_jobs(b: Broker) -> Iterator[list[Any]]:
         jobs = ready + others
         for i in range(0, len(jobs), _SNAPSHOT_CHUNK):
             chunk = jobs[i : i + _SNAPSHOT_CHUNK]
-            yield [
-                J.JOB_ADD,
-                name,
-                [[j.id, j.payload, j.dedup, j.max_attempts, j.attempts] for j in chunk],
-            ]
+            yield job_add_record(name, chunk)
         for j in others:
             if j.state == _CLAIMED:
                 if j.session is not None:

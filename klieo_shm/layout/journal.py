@@ -21,7 +21,8 @@ crash); everything before it is trusted, nothing after it is read. The tail
 lets a large payload go to the file straight from where it lies (``writev``),
 without being copied into a msgpack buffer first.
 
-Version history: 1, one msgpack body per record; 2, meta + raw tail.
+Version history: 1, one msgpack body per record; 2, meta + raw tail;
+3, jobs enqueued as columns (``daemon._journal.JOB_ADD``).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 JOURNAL_MAGIC: Final = b"KLIEOJNL"
-JOURNAL_VERSION: Final = 2
+JOURNAL_VERSION: Final = 3
 JOURNAL_HEADER: Final = struct.Struct("<8sII")
 MAX_RECORD: Final = 1 << 30
 """No record body is longer (a longer length field is a torn or foreign file)."""
