@@ -29,6 +29,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any, Final
@@ -115,6 +116,7 @@ class Journal:
         self.size = 0
         self.snapshot_size = 0
         self.rewrites = 0
+        self._syncer: threading.Thread | None = None
         self._unsynced = False
         self._synced_at = time.monotonic()
 
@@ -180,6 +182,7 @@ class Journal:
         os.rename(tmp, self.path)
         if self.fsync != "never":
             _fsync_dir(self.directory)
+        self._wait_for_sync()
         if self._fd >= 0:
             os.close(self._fd)
         self._fd = fd
@@ -218,11 +221,24 @@ class Journal:
             self._unsynced = True
 
     def sync_due(self, now: float) -> None:
-        """Under ``"interval"``: fsync when a write is older than the interval."""
+        """Under ``"interval"``: fsync when a write is older than the interval.
+        The fsync runs in a thread (it releases the GIL), so a slow disk does
+        not stall the broker; one at a time, waited for before the file is
+        replaced or closed."""
         if self._unsynced and self.fsync == "interval" and now - self._synced_at >= self.interval:
-            os.fsync(self._fd)
+            if self._syncer is not None and self._syncer.is_alive():
+                return  # the previous one is still running: try again next tick
             self._unsynced = False
             self._synced_at = now
+            self._syncer = threading.Thread(
+                target=os.fsync, args=(self._fd,), name="klieo-journal-fsync", daemon=True
+            )
+            self._syncer.start()
+
+    def _wait_for_sync(self) -> None:
+        syncer, self._syncer = self._syncer, None
+        if syncer is not None:
+            syncer.join()
 
     def wants_compaction(self) -> bool:
         return self.size >= COMPACT_MIN and self.size >= 4 * self.snapshot_size
@@ -232,6 +248,7 @@ class Journal:
         if self._fd >= 0:
             try:
                 self.flush()
+                self._wait_for_sync()
                 if self.fsync != "never":
                     os.fsync(self._fd)
             finally:
