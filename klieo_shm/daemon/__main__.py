@@ -96,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--state-dir",
         default="",
-        help="directory of the journal (default: beside the socket, SOCKET_NAME.state)",
+        help="directory of the journal (default: on a tmpfs: beside the socket as "
+        "NAME.state when its directory is one, else /dev/shm/klieo-state.UID.HASH)",
     )
     p.add_argument(
         "--no-state",

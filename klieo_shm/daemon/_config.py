@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_STORE_SIZE",
     "BrokerConfig",
     "default_state_dir",
+    "on_memory_fs",
     "segment_prefix",
 ]
 
@@ -42,14 +43,45 @@ def segment_prefix(socket_path: str) -> str:
     return f"klieo-{digest}"
 
 
+TMPFS_DIR: Final = "/dev/shm"
+_MEMORY_FS: Final = ("tmpfs", "ramfs")
+
+
 def default_state_dir(socket_path: str) -> str:
-    """The state directory of a broker on ``socket_path``: beside the socket,
-    named after it (``klieo.sock`` -> ``klieo.state``). With the default
-    socket that is under ``$XDG_RUNTIME_DIR``, a tmpfs: it survives a broker
-    crash or restart, not a reboot."""
-    directory, name = os.path.split(os.path.abspath(socket_path))
+    """The state directory of a broker on ``socket_path``, always on a tmpfs
+    (it survives a broker crash or restart, not a reboot): beside the socket
+    (``klieo.sock`` -> ``klieo.state``) when the socket's directory is a
+    tmpfs, as ``$XDG_RUNTIME_DIR`` is; else ``/dev/shm/klieo-state.<uid>.<hash
+    of the socket path>``. Where no tmpfs is known, beside the socket."""
+    path = os.path.abspath(socket_path)
+    directory, name = os.path.split(path)
     stem = name[: -len(".sock")] if name.endswith(".sock") else name
-    return os.path.join(directory, stem + ".state")
+    beside = os.path.join(directory, stem + ".state")
+    if on_memory_fs(directory) or not on_memory_fs(TMPFS_DIR):
+        return beside
+    digest = hashlib.sha256(path.encode()).hexdigest()[:12]
+    return os.path.join(TMPFS_DIR, f"klieo-state.{os.getuid()}.{digest}")
+
+
+def on_memory_fs(path: str) -> bool:
+    """Whether ``path`` (or, if it does not exist yet, its nearest existing
+    ancestor) lies on a tmpfs or ramfs, by ``/proc/self/mounts``."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe) and probe != os.path.dirname(probe):
+        probe = os.path.dirname(probe)
+    probe = os.path.realpath(probe)
+    try:
+        with open("/proc/self/mounts") as f:
+            mounts = [line.split()[1:3] for line in f if line.strip()]
+    except OSError:
+        return False
+    best, fstype = "", ""
+    for point, kind in mounts:
+        point = point.replace("\\040", " ")
+        inside = probe == point or probe.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, fstype = point, kind
+    return fstype in _MEMORY_FS
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 
-from ._config import segment_prefix
+from ._config import default_state_dir, segment_prefix
 from ._segments import SHM_DIR, remove_stale
 
 __all__ = ["DaemonError", "DaemonProcess", "leftover_segments", "spawn_daemon"]
@@ -121,6 +122,28 @@ class DaemonProcess:
         if left and (proc is None or proc.returncode == 0):
             raise DaemonError(f"klieo-shmd on {self.socket_path} left segments: {left}")
 
+    @property
+    def state_dir(self) -> str | None:
+        """The state directory the daemon uses (``None``: ``--no-state``)."""
+        args = list(self.args)
+        if "--no-state" in args:
+            return None
+        for i, arg in enumerate(args):
+            if arg == "--state-dir" and i + 1 < len(args):
+                return args[i + 1]
+            if arg.startswith("--state-dir="):
+                return arg.split("=", 1)[1]
+        return default_state_dir(self.socket_path)
+
+    def forget(self) -> None:
+        """Remove the state directory (the daemon must not run): a throwaway
+        broker's journal would otherwise outlive it."""
+        if self.running:
+            raise DaemonError(f"klieo-shmd on {self.socket_path} still runs")
+        state = self.state_dir
+        if state is not None:
+            shutil.rmtree(state, ignore_errors=True)
+
     def __enter__(self) -> DaemonProcess:
         self.start()
         return self
@@ -133,8 +156,9 @@ class DaemonProcess:
 def spawn_daemon(
     socket_path: str, *args: str, start_timeout: float = 30.0, stop_timeout: float = 30.0
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A running ``klieo-shmd`` on ``socket_path`` with extra ``args``; on
-    exit it is stopped with SIGTERM and must leave no segment behind."""
+    """A throwaway ``klieo-shmd`` on ``socket_path`` with extra ``args``; on
+    exit it is stopped with SIGTERM, must leave no segment behind, and its
+    state directory is removed."""
     daemon = DaemonProcess(
         socket_path, *args, start_timeout=start_timeout, stop_timeout=stop_timeout
     )
@@ -142,4 +166,8 @@ def spawn_daemon(
     try:
         yield proc
     finally:
-        daemon.stop(allow_killed=False)
+        try:
+            daemon.stop(allow_killed=False)
+        finally:
+            if not daemon.running:
+                daemon.forget()

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from klieo_shm.daemon import BrokerConfig, BrokerServer, leftover_segments
+from klieo_shm.daemon._config import default_state_dir
 from klieo_shm.protocol import (
     CLOSED,
     NEED_DATA,
@@ -41,6 +42,7 @@ def private_socket() -> Iterator[str]:
         yield path
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+        shutil.rmtree(default_state_dir(path), ignore_errors=True)  # may be in /dev/shm
     left = leftover_segments(path)
     assert not left, f"segments left behind: {left}"
 

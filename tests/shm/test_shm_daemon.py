@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import select
+import shutil
 import signal
 import stat
 import subprocess
@@ -16,6 +17,7 @@ from shm_helpers import RawClient, private_socket, running_broker
 
 import klieo_shm
 from klieo_shm.daemon import BrokerConfig, leftover_segments, segment_prefix, spawn_daemon
+from klieo_shm.daemon._config import default_state_dir, on_memory_fs
 
 
 def _mode(path: str) -> int:
@@ -94,6 +96,10 @@ def test_starts_with_no_arguments_on_the_default_socket() -> None:
             os.close(rfd)
             proc.terminate()
             assert proc.wait(30) == 0
+            state = default_state_dir(expected)
+            assert os.path.isdir(state)  # the default journal, on a tmpfs
+            assert on_memory_fs(state)
+            shutil.rmtree(state)
         assert leftover_segments(expected) == []
 
 

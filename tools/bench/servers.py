@@ -3,8 +3,8 @@
 Each server gets a free loopback port (or a socket path) and its own temporary
 directory; :class:`ServerPool` always stops what it started (SIGTERM, then SIGKILL)
 and removes the directories, also when the run is interrupted. Two klieo-shmd run
-when both are wanted: ``klieo`` with the daemon's defaults (its journal goes beside
-its socket, ``klieo.state`` in the server's directory, so it is removed with it) and
+when both are wanted: ``klieo`` with the daemon's defaults (its journal in the
+default state directory, on a tmpfs, removed with the server) and
 ``klieo-nojournal`` with ``--no-state``. A server that cannot
 be had is recorded with the reason, so its peers are reported as skipped.
 """
@@ -209,8 +209,9 @@ def _redis_ready(url: str) -> bool:
 def _start_klieo(srv: Server, journal: bool = True) -> None:
     """klieo-shmd on ``<tmpdir>/klieo.sock``: with its defaults, or ``--no-state``.
 
-    The default state directory is beside the socket (``<tmpdir>/klieo.state``), so
-    the pool removes the journal with the server's directory.
+    The daemon's default state directory is on a tmpfs (beside the socket when the
+    socket's directory is one, else under /dev/shm); the pool removes it when it
+    stops the server.
     """
     try:
         spec = importlib.util.find_spec("klieo_shm")
@@ -236,12 +237,14 @@ def _start_klieo(srv: Server, journal: bool = True) -> None:
     srv.proc = _spawn(cmd, srv.tmpdir, log.name, env)
     _wait(lambda: _unix_ready(sock), srv.proc, log, "klieo-shmd")
     srv.url = f"shm://{sock}"
-    state = srv.tmpdir / "klieo.state"  # the daemon's default: beside the socket
+    from klieo_shm.daemon._config import default_state_dir
+
+    state = Path(default_state_dir(str(sock)))  # the daemon's default
     if journal:
         srv.state_dir = state
-        note = "journal in klieo.state" if state.is_dir() else "journal on, but no klieo.state"
+        note = f"journal in {state}" if state.is_dir() else f"journal on, but no {state}"
     else:
-        note = "no journal" if not state.exists() else "no journal, yet klieo.state exists"
+        note = "no journal" if not state.exists() else f"no journal, yet {state} exists"
     srv.version = " ".join([*(Path(c).name for c in cmd[:3]), *extra]) + f" ({note})"
 
 
@@ -309,7 +312,7 @@ class ServerPool:
             _stop(srv.proc)
         finally:
             srv.proc = None
-            for path in (srv.state_dir, srv.tmpdir):  # the journal is inside tmpdir
+            for path in (srv.state_dir, srv.tmpdir):
                 if path is not None:
                     shutil.rmtree(path, ignore_errors=True)
 
