@@ -210,18 +210,13 @@ class Broker:
 
     def flush_journal(self) -> None:
         """Write what the journal queued; the server calls this before it
-        writes any answer. A journal that cannot be written stops the broker
-        at once (as a crash would): answering would tell clients of changes
-        a restart would not find."""
+        writes any answer and after every read. A journal that cannot be
+        written stops the broker at once (``Journal.flush``)."""
         journal = self.journal
         if journal is None:
             return
-        try:
-            self.jobs.journal_acks()
-            journal.flush()
-        except OSError as exc:
-            log.critical("cannot write the journal in %s: %s; stopping", journal.directory, exc)
-            os._exit(70)
+        self.jobs.journal_acks()
+        journal.flush()
 
     # --- sessions ------------------------------------------------------------
     def open_session(
@@ -301,6 +296,7 @@ class Broker:
         self.kv.tick(now)
         journal = self.journal
         if journal is not None:
+            self.flush_journal()  # acks and notifications get no answer that would flush
             if journal.wants_compaction():
                 self.jobs.journal_acks()
                 before = journal.size
@@ -316,15 +312,21 @@ class Broker:
                     r.requester.asking.discard(req_id)
         self.pubsub.pump(now)
 
-    def shutdown(self) -> None:
-        """Drop every client and the segments. The journal is closed first:
-        the clients' claims, leases and deliveries stay in it for the next
-        broker on this state directory (their holders may reconnect)."""
+    def detach_journal(self) -> None:
+        """Write and close the journal, and journal nothing more: what a
+        shutdown does to clients (their claims, leases and deliveries end)
+        must not reach it, so their holders find them after a restart.
+        Idempotent; call before any connection is dropped."""
         journal = self.journal
         if journal is not None:
             self.jobs.journal_acks()
             self._attach(None)
             journal.close()
+
+    def shutdown(self) -> None:
+        """Drop every client and the segments (the journal is detached first,
+        see :meth:`detach_journal`)."""
+        self.detach_journal()
         for s in list(self.sessions.values()):
             self.close_session(s)
         self.store_seg.destroy()

@@ -304,20 +304,28 @@ class JobsState:
             options: dict[int, tuple[str | None, int | None]] = {i: (d, m) for i, d, m in extra}
             bucket = f"dedup.{q.name}"
             new = []
-            try:
-                for k, (job_id, payload) in enumerate(zip(ids, payloads, strict=True)):
-                    dedup, max_attempts = options.get(k, (None, None))
-                    if dedup is not None:
+            mine: dict[str, str] = {}  # dedup key -> id, for repeats within this batch
+            for k, (job_id, payload) in enumerate(zip(ids, payloads, strict=True)):
+                dedup, max_attempts = options.get(k, (None, None))
+                if dedup is not None:
+                    original = mine.get(dedup)
+                    if original is None:
                         record = self.dedup.get(bucket, dedup)
                         if record is not None:
-                            ids[k] = parse_dedup_record(record)[0]
-                            continue
-                        self.dedup.create(bucket, dedup, dedup_record(job_id))
-                    attempts = max_attempts or DEFAULT_MAX_ATTEMPTS
-                    new.append(_Job(q, job_id, payload, dedup, attempts))
-            finally:  # a full KV fails the call; what it already recorded exists
-                size = sum(len(j.payload) for j in new)
-                self._insert(q, new, size)
+                            original = parse_dedup_record(record)[0]
+                    if original is not None:
+                        ids[k] = original
+                        continue
+                    mine[dedup] = job_id
+                attempts = max_attempts or DEFAULT_MAX_ATTEMPTS
+                new.append(_Job(q, job_id, payload, dedup, attempts))
+            # The jobs first, then their dedup records: the journal then never
+            # holds a record whose job it lost. A full KV fails the call after
+            # the jobs exist (a retry may enqueue them again: at-least-once).
+            self._insert(q, new, sum(len(j.payload) for j in new))
+            for job in new:
+                if job.dedup is not None:
+                    self.dedup.create(bucket, job.dedup, dedup_record(job.id))
             return ids
         self._insert(q, new, size)
         return ids

@@ -86,6 +86,14 @@ LEASE_END: Final = 24  # [LEASE_END, bucket, key, token]
 LEASE_TOKEN: Final = 25  # [LEASE_TOKEN, bucket, key, last token]  (snapshots)
 
 
+OPS: Final = frozenset(
+    {SEQ, DURABLE, DURABLE_DEL, PUBLISH, DELIVERED, ACKED, COUNTS}
+    | {JOB_ADD, JOB_CLAIM, JOB_ACK, JOB_READY, JOB_DEAD, JOB_REQUEUE, JOB_DISCARD}
+    | {JOB_TOKENS, JOB_LETTER, KV_PUT, KV_DEL, KV_REV, LEASE, LEASE_END, LEASE_TOKEN}
+)
+"""Every op a record may carry; anything else ends the journal where it stands."""
+
+
 class StateDirError(RuntimeError):
     """The state directory cannot be used (locked, foreign, other version)."""
 
@@ -137,11 +145,17 @@ class Journal:
         records = []
         end = JOURNAL_HEADER.size
         unpack = msgpack.unpackb
-        for end, meta, tail in scan_records(data):  # noqa: B007 -- ``end`` is used after
-            rec = unpack(meta, raw=False, strict_map_key=False)
+        for stop, meta, tail in scan_records(data):
+            try:
+                rec = unpack(meta, raw=False, strict_map_key=False)
+            except ValueError:
+                break  # intact frame, unreadable body: the journal ends here
+            if type(rec) is not list or not rec or rec[0] not in OPS:
+                break
             if tail:
                 rec.append(bytes(tail))
             records.append(rec)
+            end = stop
         if end < len(data):
             log.warning(
                 "journal %s: ignoring %d bytes after offset %d (a record cut short by a crash)",
@@ -155,7 +169,17 @@ class Journal:
     # --- writing ---------------------------------------------------------------
     def rewrite(self, records: Iterable[Record]) -> None:
         """Replace the journal by ``records`` (a snapshot), atomically; the
-        journal then stays open for appends."""
+        journal then stays open for appends. The first rewrite (at start)
+        raises ``OSError``; a later one (compaction) that fails stops the
+        process, as any failed journal write does (see :meth:`flush`)."""
+        try:
+            self._rewrite(records)
+        except OSError as exc:
+            if not self.rewrites:
+                raise
+            self._fatal("rewrite", exc)
+
+    def _rewrite(self, records: Iterable[Record]) -> None:
         self.flush()
         tmp = self.path + ".new"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -174,12 +198,12 @@ class Journal:
             size += _write_all(fd, chunk)
             if self.fsync != "never":
                 os.fsync(fd)
+            os.rename(tmp, self.path)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        os.rename(tmp, self.path)
         if self.fsync != "never":
             _fsync_dir(self.directory)
         self._wait_for_sync()
@@ -214,11 +238,27 @@ class Journal:
             return
         self._out = []
         self.borrowed = False
-        self.size += _write_all(self._fd, out)
-        if self.fsync == "always":
-            os.fsync(self._fd)
-        else:
+        try:
+            self.size += _write_all(self._fd, out)
+            if self.fsync == "always":
+                os.fsync(self._fd)
+        except OSError as exc:
+            self._fatal("write", exc)
+        if self.fsync != "always":
             self._unsynced = True
+
+    def _fatal(self, what: str, exc: OSError) -> None:
+        """A journal write failed: stop at once, as a crash would. Carrying
+        on would answer clients about changes the journal may not hold, and
+        later records would follow a torn one that ends the journal."""
+        log.critical("cannot %s the journal in %s: %s; stopping", what, self.directory, exc)
+        os._exit(70)
+
+    def _sync(self, fd: int) -> None:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            self._fatal("sync", exc)
 
     def sync_due(self, now: float) -> None:
         """Under ``"interval"``: fsync when a write is older than the interval.
@@ -231,7 +271,7 @@ class Journal:
             self._unsynced = False
             self._synced_at = now
             self._syncer = threading.Thread(
-                target=os.fsync, args=(self._fd,), name="klieo-journal-fsync", daemon=True
+                target=self._sync, args=(self._fd,), name="klieo-journal-fsync", daemon=True
             )
             self._syncer.start()
 

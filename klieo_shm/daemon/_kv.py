@@ -180,6 +180,30 @@ class KvState:
                 self._grow(exc)
         raise Full("KV table", self.config.kv_max_size)
 
+    def _journalled_store(self, bucket: str, key: str, value: bytes | None, rev: int) -> bool:
+        """``_store``, with the change written to the journal first: clients
+        read the table with no round trip, so a value must be on file before
+        they can see it (else a restart could give its revision to another
+        value someone never saw). Should the table refuse it (``Full``), a
+        record putting back what was there follows."""
+        journal = self.journal
+        if journal is None:
+            return self._store(bucket, key, value, rev)
+        before = self.table.get(bucket, key) if (bucket, key) not in self._dead else None
+        if value is None:
+            journal.append([KV_DEL, bucket, key, rev])
+        else:
+            journal.append([KV_PUT, bucket, key, value, rev])
+        journal.flush()
+        try:
+            return self._store(bucket, key, value, rev)
+        except Full:
+            if before is None:
+                journal.append([KV_DEL, bucket, key, rev])
+            else:
+                journal.append([KV_PUT, bucket, key, before[0], before[1]])
+            raise
+
     def close(self) -> None:
         """Drop the broker's mapping and unlink the segment (clean shutdown)."""
         self.table.close()
@@ -195,10 +219,8 @@ class KvState:
 
     def put(self, bucket: str, key: str, value: bytes) -> int:
         rev = self.revisions.get(bucket, 0) + 1
-        self._store(bucket, key, value, rev)
+        self._journalled_store(bucket, key, value, rev)
         self.revisions[bucket] = rev
-        if self.journal is not None:
-            self.journal.append([KV_PUT, bucket, key, value, rev])
         if self._dead:
             self._dead.discard((bucket, key))
         if bucket in self.watchers:
@@ -219,11 +241,9 @@ class KvState:
         if self.current(bucket, key) is None:
             return  # deleting an absent key writes nothing, takes no revision
         rev = self.revisions.get(bucket, 0) + 1
-        if self._store(bucket, key, None, rev):
+        if self._journalled_store(bucket, key, None, rev):
             self.revisions[bucket] = rev
             self._dead.add((bucket, key))
-            if self.journal is not None:
-                self.journal.append([KV_DEL, bucket, key, rev])
             if bucket in self.watchers:
                 self._notify(bucket, (key, b"", rev, True))
 

@@ -145,6 +145,9 @@ class PubsubState:
         self._delayed: list[tuple[float, int, Consumer, Message, int]] = []
         self._tie = itertools.count()
         self.journal: Journal | None = None
+        # blocks keep what a snapshot needs even with no journal attached (set
+        # while a journal's state is restored: dead letters published then)
+        self.keep_meta = False
 
     # --- durables ------------------------------------------------------------
     def subscribe(
@@ -290,7 +293,7 @@ class PubsubState:
         self.store[off : off + span] = s.arena[src : src + span]
         first = self.seq + 1
         self.seq += n
-        if self.journal is None:
+        if self.journal is None and not self.keep_meta:
             block = Block(off, refs)
         else:
             block = self._journal_publish(ev, routed, off, span, refs, first)
@@ -346,11 +349,11 @@ class PubsubState:
                     routes.append([c.name for c in cons])
                 index.append(i)
             route_of = index.tobytes()
-        assert self.journal is not None
-        self.journal.append(
-            [PUBLISH, first, descs, ev.subjects, routes, route_of],
-            self.store[off : off + span],
-        )
+        if self.journal is not None:
+            self.journal.append(
+                [PUBLISH, first, descs, ev.subjects, routes, route_of],
+                self.store[off : off + span],
+            )
         return Block(off, refs, span, first, descs, ev.subjects)
 
     def _unpark(self, now: float) -> None:
@@ -441,9 +444,27 @@ class PubsubState:
         Consecutive ids mostly share a member and a block, so the counters
         are settled once per run of equal member (and block), not per id.
         """
+        acked: dict[Consumer, array[int]] | None = {} if self.journal is not None else None
+        try:
+            self._ack_ranges(s, ranges, now, acked)
+        finally:  # also when a bad range ends the call: what was settled is journalled
+            if acked:
+                journal = self.journal
+                assert journal is not None
+                for c, done in acked.items():
+                    if done:
+                        journal.append([ACKED, c.name, done.tobytes()])
+            self._usage()
+
+    def _ack_ranges(
+        self,
+        s: Session,
+        ranges: list[tuple[int, ...]],
+        now: float,
+        acked: dict[Consumer, array[int]] | None,
+    ) -> None:
         deliveries, top = s.deliveries, s.next_did
         pop = deliveries.pop
-        acked: dict[Consumer, array[int]] | None = {} if self.journal is not None else None
         for first, n, kind, delay_ms in ranges:
             if first < 1 or first + n > top:
                 raise RemoteProtocolError(
@@ -499,11 +520,6 @@ class PubsubState:
                     heapq.heappush(self._delayed, (due, next(self._tie), c, msg, dcount))
                 else:
                     c.pending.appendleft(msg)
-        if acked:
-            for c, done in acked.items():
-                if done:
-                    self.journal.append([ACKED, c.name, done.tobytes()])  # type: ignore[union-attr]
-        self._usage()
 
     def _settle(self, m: Member, n: int) -> None:
         m.inflight -= n

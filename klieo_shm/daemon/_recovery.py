@@ -52,7 +52,9 @@ __all__ = ["Recovered", "RecoveryError", "replay", "restore", "snapshot"]
 log = logging.getLogger("klieo.shmd")
 
 _SNAPSHOT_CHUNK = 1000
-"""Jobs (or message sequences) per snapshot record."""
+"""Most jobs per snapshot record."""
+_CHUNK_BYTES = 64 << 20
+"""Most payload bytes per snapshot record (far below the format's MAX_RECORD)."""
 
 
 class RecoveryError(RuntimeError):
@@ -303,7 +305,11 @@ def restore(b: Broker, r: Recovered) -> None:
     now = b.clock()
     _restore_pubsub(b, r)
     _restore_kv(b, r, now)
-    _restore_jobs(b, r, now)
+    b.pubsub.keep_meta = True  # dead letters published here go into the snapshot
+    try:
+        _restore_jobs(b, r, now)
+    finally:
+        b.pubsub.keep_meta = False
 
 
 def _restore_pubsub(b: Broker, r: Recovered) -> None:
@@ -490,8 +496,15 @@ def _snapshot_jobs(b: Broker) -> Iterator[list[Any]]:
         ready_ids = {id(j) for j in ready}
         others = [j for j in q.jobs.values() if id(j) not in ready_ids]
         jobs = ready + others
-        for i in range(0, len(jobs), _SNAPSHOT_CHUNK):
-            chunk = jobs[i : i + _SNAPSHOT_CHUNK]
+        chunk: list[Any] = []
+        size = 0
+        for j in jobs:  # records of at most 1000 jobs or 64 MiB of payloads
+            if chunk and (len(chunk) >= _SNAPSHOT_CHUNK or size + len(j.payload) > _CHUNK_BYTES):
+                yield job_add_record(name, chunk)
+                chunk, size = [], 0
+            chunk.append(j)
+            size += len(j.payload)
+        if chunk:
             yield job_add_record(name, chunk)
         for j in others:
             if j.state == _CLAIMED:

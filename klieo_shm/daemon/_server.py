@@ -97,6 +97,8 @@ class _Conn(asyncio.BufferedProtocol):
             keep = False
         finally:
             server.reading = False
+        # the journal first, also when nothing is answered (acks, notifications)
+        self.broker.flush_journal()
         server.flush_all()  # one write per peer per read: coalesced, no extra turn
         if not keep and self.transport is not None:
             self.transport.close()
@@ -218,6 +220,7 @@ class BrokerServer:
         self._closed = True
         if self._tick is not None:
             self._tick.cancel()
+        self.broker.detach_journal()  # before any session ends: holders keep their claims
         if self._server is not None:
             self._server.close()
         for conn in list(self.conns):

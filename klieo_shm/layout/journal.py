@@ -104,8 +104,8 @@ def scan_records(
         length, crc, meta_len = unpack(view, pos)
         begin = pos + _FRAME.size
         end = begin + length
-        if length > MAX_RECORD or meta_len > length or end > size:
-            return
+        if length > MAX_RECORD or not 0 < meta_len <= length or end > size:
+            return  # cut short, or not a record at all (zeros: meta_len 0)
         body = view[begin:end]
         if zlib.crc32(body) != crc:
             return

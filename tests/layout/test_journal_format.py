@@ -21,7 +21,7 @@ from klieo_shm.layout.journal import (
 
 Rec = tuple[bytes, bytes]
 bodies = st.lists(
-    st.tuples(st.binary(min_size=0, max_size=300), st.binary(min_size=0, max_size=300)),
+    st.tuples(st.binary(min_size=1, max_size=300), st.binary(min_size=0, max_size=300)),
     min_size=0,
     max_size=20,
 )
@@ -83,3 +83,8 @@ def test_other_versions_and_foreign_files_are_refused_naming_both_versions() -> 
         check_journal_header(b"SQLite format 3\x00" + bytes(8))
     with pytest.raises(JournalFormatError, match="cut short"):
         check_journal_header(journal_header()[:5])
+
+
+def test_zeros_after_the_last_record_are_not_a_record() -> None:
+    data = journal([(b"\x91\x01", b"")]) + bytes(64)  # a filesystem's zero-filled tail
+    assert read(data) == [(b"\x91\x01", b"")]

@@ -36,6 +36,14 @@ def broker(sock: str) -> Iterator[DaemonProcess]:
         d.stop()
 
 
+async def settle(bus: klieo_shm.Bus) -> None:
+    """After a broker restart the test did synchronously: a call made before
+    ``bus`` read the old connection's EOF fails as in flight; after this one,
+    calls wait for the reconnection."""
+    with contextlib.suppress(klieo_shm.Closed):
+        await asyncio.wait_for(bus.kv.keys("probe"), WAIT)
+
+
 def restart(d: DaemonProcess) -> None:
     d.kill()
     d.start()
@@ -392,3 +400,64 @@ def test_a_large_tail_is_written_as_it_was_when_appended(sock: str) -> None:
         assert again.load() == [[1, 7, b"a" * BORROW_MIN], [1, 8, b"c" * 10]]
     finally:
         again.close()
+
+
+def test_a_tail_that_frames_well_but_does_not_decode_ends_the_journal(sock: str) -> None:
+    from klieo_shm.daemon._journal import KV_PUT, Journal
+    from klieo_shm.layout.journal import frame_record
+
+    state = os.path.join(os.path.dirname(sock), "j")
+    journal = Journal(state, "never")
+    try:
+        journal.load()
+        journal.rewrite([([KV_PUT, "b", "k", b"v", 1], b"")])
+    finally:
+        journal.close()
+    append(os.path.join(state, "journal"), frame_record(b"\xc1garbage"))  # 0xc1: never valid
+    append(os.path.join(state, "journal"), frame_record(b"\x92\x63\x01"))  # [99, 1]: no such op
+    again = Journal(state, "never")
+    try:
+        assert again.load() == [[KV_PUT, "b", "k", b"v", 1]]
+    finally:
+        again.close()
+
+
+async def test_a_clean_stop_keeps_claims_and_leases_for_their_live_holders(
+    broker: DaemonProcess, sock: str
+) -> None:
+    async with bus_on(sock) as bus:
+        await bus.jobs.enqueue("q", Job(b"j", max_attempts=1))
+        job = await bus.jobs.claim("q", "w", 60.0)
+        assert job is not None
+        lease = await bus.kv.lease("b", "held", 60.0)
+        broker.stop()  # SIGTERM: the broker drops its clients, but not in the journal
+        broker.start()
+        await settle(bus)
+        stats = await bus.jobs.stats("q")
+        assert (stats.ready, stats.claimed, stats.dead) == (0, 1, 0)
+        await job.ack()  # still this process's claim
+        with pytest.raises(klieo_shm.Conflict):
+            await bus.kv.lease("b", "held", 5.0)
+        await lease.release()
+
+
+async def test_acks_survive_a_kill_right_after_them(broker: DaemonProcess, sock: str) -> None:
+    async with bus_on(sock) as bus:
+        stream = await bus.pubsub.subscribe("quiet.>", "d")
+        await bus.pubsub.publish("quiet.a", b"x")
+        msg = await asyncio.wait_for(stream.next(), WAIT)
+        await msg.ack()
+        await bus.jobs.enqueue("q", Job(b"j"))
+        job = await bus.jobs.claim("q", "w", 60.0)
+        assert job is not None
+        await job.ack()
+        # make sure the broker has read both acks: a call after them is answered after them
+        assert (await bus.jobs.stats("q")).claimed == 0
+        await stream.close()
+    restart(broker)
+    async with bus_on(sock) as bus:
+        assert (await bus.jobs.stats("q")).ready == 0
+        stream = await bus.pubsub.subscribe("quiet.>", "d")
+        with pytest.raises(klieo_shm.Timeout):
+            await stream.next(timeout=0.5)  # a bound, not a wait for an event: nothing comes
+        await stream.close()
