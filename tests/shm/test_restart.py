@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from shm_helpers import SMALL
@@ -460,4 +461,44 @@ async def test_acks_survive_a_kill_right_after_them(broker: DaemonProcess, sock:
         stream = await bus.pubsub.subscribe("quiet.>", "d")
         with pytest.raises(klieo_shm.Timeout):
             await stream.next(timeout=0.5)  # a bound, not a wait for an event: nothing comes
+        await stream.close()
+
+
+async def test_an_ack_without_an_answer_is_on_file_once_the_broker_read_it(sock: str) -> None:
+    import msgpack
+    from shm_helpers import running_broker
+
+    from klieo_shm.daemon._journal import ACKED, JOB_ACK
+    from klieo_shm.layout.journal import scan_records
+
+    def ops_on_file() -> set[int]:
+        with open(os.path.join(default_state_dir(sock), "journal"), "rb") as f:
+            data = f.read()
+        return {msgpack.unpackb(meta)[0] for _, meta, _ in scan_records(data)}
+
+    async with running_broker(sock, **SMALL) as server, bus_on(sock) as bus:
+        stream = await bus.pubsub.subscribe("quiet.>", "d")
+        await bus.pubsub.publish("quiet.a", b"x")
+        msg = await asyncio.wait_for(stream.next(), WAIT)
+        await bus.jobs.enqueue("q", Job(b"j"))
+        job = await bus.jobs.claim("q", "w", 60.0)
+        assert job is not None
+        assert not {ACKED, JOB_ACK} & await asyncio.to_thread(ops_on_file)
+        broker = server.broker
+        read = asyncio.Event()
+        receive = broker.receive
+
+        def noting(session: Any, data: Any) -> bool:
+            keep = receive(session, data)
+            read.set()  # waiters run after this read's handling (and its flushes) is done
+            return keep
+
+        broker.receive = noting  # type: ignore[method-assign]
+        await msg.ack()  # neither ack gets an answer that would write the journal
+        await job.ack()
+        consumer, queue = broker.pubsub.consumers["d"], broker.jobs.queues["q"]
+        while consumer.outstanding or queue.jobs:  # until the broker has read both acks
+            read.clear()
+            await asyncio.wait_for(read.wait(), WAIT)
+        assert {ACKED, JOB_ACK} <= await asyncio.to_thread(ops_on_file)
         await stream.close()
