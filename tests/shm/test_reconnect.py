@@ -6,9 +6,6 @@ calls made meanwhile wait; after the reconnect window it gives up."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
-import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -17,60 +14,24 @@ from shm_helpers import SMALL
 import klieo_shm
 import klieo_shm.sync
 from klieo_shm import Job
-from klieo_shm.daemon import DaemonError, spawn_daemon
+from klieo_shm.daemon import DaemonProcess
 from klieo_shm.worker import WorkerOptions, run_worker
 
 WAIT = 30.0
 ARGS = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]
 
 
-@contextlib.contextmanager
-def _daemon(sock: str) -> Iterator[subprocess.Popen[bytes]]:
-    """``spawn_daemon``, tolerating on exit that the test SIGKILLed it (the
-    next daemon on the socket removed its segments; spawn_daemon checks)."""
-    cm = spawn_daemon(sock, *ARGS)
-    proc = cm.__enter__()
-    try:
-        yield proc
-    finally:
-        try:
-            cm.__exit__(None, None, None)
-        except DaemonError:
-            if proc.returncode != -signal.SIGKILL:
-                raise
-
-
-class Broker:
-    """klieo-shmd on the test's socket: started, killed, started again."""
-
-    def __init__(self, sock: str) -> None:
-        self.sock = sock
-        self._stack = contextlib.ExitStack()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = self._stack.enter_context(_daemon(self.sock))
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
-
-    def close(self) -> None:
-        self._stack.close()
-
-
 @pytest.fixture
-def broker(sock: str) -> Iterator[Broker]:
-    b = Broker(sock)
+def broker(sock: str) -> Iterator[DaemonProcess]:
+    b = DaemonProcess(sock, *ARGS)
     b.start()
     try:
         yield b
     finally:
-        b.close()
+        b.stop()  # a SIGKILLed last daemon is fine: the check removes its segments
 
 
-async def _kill(broker: Broker, bus: klieo_shm.Bus) -> None:
+async def _kill(broker: DaemonProcess, bus: klieo_shm.Bus) -> None:
     """SIGKILL the broker, then make sure ``bus`` noticed: a call made before
     the client read the EOF is in flight at the loss and fails with Closed
     (an operation made after that waits for the reconnection instead)."""
@@ -80,7 +41,7 @@ async def _kill(broker: Broker, bus: klieo_shm.Bus) -> None:
     assert getattr(caught.value, "transient", False)
 
 
-async def _restart(broker: Broker, bus: klieo_shm.Bus) -> None:
+async def _restart(broker: DaemonProcess, bus: klieo_shm.Bus) -> None:
     await _kill(broker, bus)
     broker.start()
 
@@ -96,7 +57,7 @@ async def _next_payload(stream: klieo_shm.MsgStream, want: bytes) -> klieo_shm.M
         await msg.ack()
 
 
-async def test_stream_resumes_and_stale_acks_are_no_ops(broker: Broker, sock: str) -> None:
+async def test_stream_resumes_and_stale_acks_are_no_ops(broker: DaemonProcess, sock: str) -> None:
     async with await klieo_shm.connect(f"shm://{sock}") as bus:
         stream = await bus.pubsub.subscribe("rc.>", "d", ack_wait=60.0)
         await bus.pubsub.publish("rc.x", b"before")
@@ -115,7 +76,7 @@ async def test_stream_resumes_and_stale_acks_are_no_ops(broker: Broker, sock: st
         await stream.close()
 
 
-async def test_service_answers_after_restart(broker: Broker, sock: str) -> None:
+async def test_service_answers_after_restart(broker: DaemonProcess, sock: str) -> None:
     async with await klieo_shm.connect(f"shm://{sock}") as bus:
         svc = await bus.requests.serve("rc.echo", lambda p: b"echo:" + p)
         assert await bus.requests.request("rc.echo", b"1", WAIT) == b"echo:1"
@@ -124,7 +85,7 @@ async def test_service_answers_after_restart(broker: Broker, sock: str) -> None:
         await svc.stop()
 
 
-async def test_call_in_flight_raises_closed_not_a_hang(broker: Broker, sock: str) -> None:
+async def test_call_in_flight_raises_closed_not_a_hang(broker: DaemonProcess, sock: str) -> None:
     async with await klieo_shm.connect(f"shm://{sock}") as bus:
         got, release = asyncio.Event(), asyncio.Event()
 
@@ -148,7 +109,7 @@ async def test_call_in_flight_raises_closed_not_a_hang(broker: Broker, sock: str
 
 
 async def test_operation_made_while_the_broker_is_down_completes_once_it_is_back(
-    broker: Broker, sock: str
+    broker: DaemonProcess, sock: str
 ) -> None:
     async with await klieo_shm.connect(f"shm://{sock}") as bus:
         stream = await bus.pubsub.subscribe("down.x", "d")
@@ -167,7 +128,7 @@ async def test_operation_made_while_the_broker_is_down_completes_once_it_is_back
         await stream.close()
 
 
-async def test_gives_up_after_the_reconnect_window(broker: Broker, sock: str) -> None:
+async def test_gives_up_after_the_reconnect_window(broker: DaemonProcess, sock: str) -> None:
     bus = await klieo_shm.connect(f"shm://{sock}?reconnect_timeout=0.5")
     stream = await bus.pubsub.subscribe("gone.x", "d")
     await _kill(broker, bus)
@@ -187,7 +148,7 @@ async def test_gives_up_after_the_reconnect_window(broker: Broker, sock: str) ->
     broker.start()  # removes the killed broker's segments
 
 
-async def test_watch_resumes_without_duplicates(broker: Broker, sock: str) -> None:
+async def test_watch_resumes_without_duplicates(broker: DaemonProcess, sock: str) -> None:
     async with await klieo_shm.connect(f"shm://{sock}") as bus:
         watch = await bus.kv.watch("wcfg")
         first = await bus.kv.put("wcfg", "a", b"1")
@@ -204,7 +165,7 @@ async def test_watch_resumes_without_duplicates(broker: Broker, sock: str) -> No
         await watch.close()
 
 
-async def test_worker_rides_through_a_restart(broker: Broker, sock: str) -> None:
+async def test_worker_rides_through_a_restart(broker: DaemonProcess, sock: str) -> None:
     async with await klieo_shm.connect(f"shm://{sock}") as bus:
         started, release, second = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
@@ -230,7 +191,7 @@ async def test_worker_rides_through_a_restart(broker: Broker, sock: str) -> None
         assert stats.acked >= 1
 
 
-async def test_worker_waiting_for_the_broker_stops_at_once(broker: Broker, sock: str) -> None:
+async def test_worker_waiting_for_the_broker_stops_at_once(broker: DaemonProcess, sock: str) -> None:
     async with await klieo_shm.connect(f"shm://{sock}") as bus:
         stop = asyncio.Event()
         worker = asyncio.ensure_future(run_worker(bus, "idle", lambda p: None, stop=stop))
@@ -242,7 +203,7 @@ async def test_worker_waiting_for_the_broker_stops_at_once(broker: Broker, sock:
         broker.start()
 
 
-def test_blocking_stream_resumes_after_restart(broker: Broker, sock: str) -> None:
+def test_blocking_stream_resumes_after_restart(broker: DaemonProcess, sock: str) -> None:
     with klieo_shm.sync.connect(f"shm://{sock}") as bus:
         stream = bus.pubsub.subscribe("sync.x", "d")
         broker.kill()  # the loop thread sees the loss at once, and reconnects
