@@ -191,7 +191,9 @@ async def test_worker_rides_through_a_restart(broker: DaemonProcess, sock: str) 
         assert stats.acked >= 1
 
 
-async def test_worker_waiting_for_the_broker_stops_at_once(broker: DaemonProcess, sock: str) -> None:
+async def test_worker_waiting_for_the_broker_stops_at_once(
+    broker: DaemonProcess, sock: str
+) -> None:
     async with await klieo_shm.connect(f"shm://{sock}") as bus:
         stop = asyncio.Event()
         worker = asyncio.ensure_future(run_worker(bus, "idle", lambda p: None, stop=stop))
