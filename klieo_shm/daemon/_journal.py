@@ -298,10 +298,6 @@ class Journal:
             os.close(self._lock)
             self._lock = -1
 
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
-
 
 def _write_all(fd: int, parts: list[bytes | memoryview]) -> int:
     """Write ``parts`` in order, ``IOV_MAX`` buffers per ``writev``; returns

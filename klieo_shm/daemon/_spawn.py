@@ -52,7 +52,6 @@ class DaemonProcess:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
 
     @property
     def running(self) -> bool:
@@ -80,7 +79,6 @@ class DaemonProcess:
         finally:
             os.close(rfd)
         self.proc = proc
-        self.starts += 1
         return proc
 
     def kill(self) -> None:
