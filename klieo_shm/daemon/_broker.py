@@ -42,13 +42,13 @@ from ..protocol import (
     Welcome,
 )
 from ..protocol._wire_errors import error_to_wire
-from ._config import BrokerConfig
+from ._config import BrokerConfig, on_memory_fs
 from ._jobs import JobsState, job_calls
 from ._journal import Journal
 from ._kv import KV_CALLS, KvState
 from ._pubsub import Member, PubsubState
-from ._recovery import replay, restore, snapshot
-from ._segments import Segment
+from ._recovery import STORE_FILE, Recovered, replay, restore, snapshot
+from ._segments import FileSegment, Segment
 
 __all__ = ["Broker", "Session"]
 
@@ -145,13 +145,29 @@ class Broker:
         store_mode = 0o640 if config.group else 0o600
         self.gid = _group_id(config.group)
         self._base = f"/{config.prefix}-{self.pid}"
-        self.store_seg = Segment(self._base + "-store", config.store_size, store_mode, self.gid)
+        journal: Journal | None = None
+        found: Recovered | None = None
+        if config.state_dir is not None:
+            journal = Journal(config.state_dir, config.fsync, config.fsync_interval)
+            try:
+                records = journal.load()
+                found = replay(records) if records else None
+                self.store_seg: Segment | FileSegment = self._file_store(
+                    config.state_dir, store_mode
+                )
+            except BaseException:
+                journal.close()
+                raise
+        else:
+            self.store_seg = Segment(self._base + "-store", config.store_size, store_mode, self.gid)
         try:
             store = init_store(self.store_seg.view, self.pid)
             self.pubsub = PubsubState(config, store, self.store_seg.view)
             self.kv = KvState(config, self._base, store_mode, self.gid, _DEFER)
         except BaseException:
             self.store_seg.destroy()  # leave no segment behind
+            if journal is not None:
+                journal.close()
             raise
         self.jobs = JobsState(
             self.pubsub,
@@ -168,37 +184,52 @@ class Broker:
         self._rr = 0
         self.requests: dict[int, _Request] = {}
         self.journal: Journal | None = None
-        if config.state_dir is not None:
+        if journal is not None:
             try:
-                self._recover(config.state_dir)
+                self._recover(journal, found)
             except BaseException:
                 self.store_seg.destroy()
                 self.kv.close()
+                journal.close()
                 raise
 
     # --- the journal -----------------------------------------------------------
-    def _recover(self, state_dir: str) -> None:
-        """Load the state directory's journal (if any) into this fresh
-        broker, compact it into a snapshot and keep it open for changes."""
-        cfg = self.config
-        journal = Journal(state_dir, cfg.fsync, cfg.fsync_interval)
-        try:
-            records = journal.load()
-            if records:
-                found = replay(records)
-                restore(self, found)
-                log.info(
-                    "recovered from %s: %d records, %d durables, %d queues, %d KV values",
-                    state_dir,
-                    found.records,
-                    len(found.durables),
-                    len(found.queues),
-                    sum(1 for v in found.kv.values() if v[0] is not None),
-                )
-            journal.rewrite(snapshot(self))
-        except BaseException:
-            journal.close()
-            raise
+    def _file_store(self, state_dir: str, mode: int) -> FileSegment:
+        """A new store file in ``state_dir`` (the journal's lock is held, so
+        no other broker uses the directory)."""
+        if self.gid is not None:  # group members open the store in it
+            os.chmod(state_dir, 0o750)
+            os.chown(state_dir, -1, self.gid)
+        name = f"{STORE_FILE}.{time.time_ns():x}"
+        return FileSegment(os.path.join(state_dir, name), self.config.store_size, mode, self.gid)
+
+    def _recover(self, journal: Journal, found: Recovered | None) -> None:
+        """Load what the journal held (``found``; payloads from the store
+        file it names) into this fresh broker, compact the journal into a
+        snapshot naming the new store file, remove the old store files, and
+        keep the journal open for changes."""
+        state_dir = journal.directory
+        seg = self.store_seg
+        assert isinstance(seg, FileSegment)
+        if found is not None:
+            restore(self, found, state_dir)
+            log.info(
+                "recovered from %s: %d records, %d durables, %d queues, %d KV values",
+                state_dir,
+                found.records,
+                len(found.durables),
+                len(found.queues),
+                sum(1 for v in found.kv.values() if v[0] is not None),
+            )
+        if not on_memory_fs(state_dir):  # a disk: sync the store with the journal
+            self.pubsub.checksum = True
+            journal.sync_with(seg.sync)
+        journal.rewrite(snapshot(self))
+        mine = os.path.basename(seg.name)
+        for entry in os.listdir(state_dir):
+            if entry.startswith(STORE_FILE + ".") and entry != mine:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(state_dir, entry))
         self._attach(journal)
 
     def _attach(self, journal: Journal | None) -> None:
@@ -217,6 +248,7 @@ class Broker:
             return
         self.jobs.journal_acks()
         journal.flush()
+        self.pubsub.reclaim()
 
     # --- sessions ------------------------------------------------------------
     def open_session(
@@ -320,6 +352,7 @@ class Broker:
         journal = self.journal
         if journal is not None:
             self.jobs.journal_acks()
+            self.pubsub.reclaim()
             self._attach(None)
             journal.close()
 
@@ -329,7 +362,7 @@ class Broker:
         self.detach_journal()
         for s in list(self.sessions.values()):
             self.close_session(s)
-        self.store_seg.destroy()
+        self.store_seg.close()  # a store file stays for the next start
         self.kv.close()
 
     # --- events --------------------------------------------------------------

@@ -19,8 +19,17 @@ Contract:
 * one broker per state directory: an exclusive ``flock`` on ``lock``.
 
 Records are msgpack arrays whose first item is one of the ops below, plus
-an optional raw tail (a payload region), which :meth:`Journal.load` appends
-as the record's last item (file framing: ``klieo_shm.layout.journal``).
+an optional raw tail, which :meth:`Journal.load` appends as the record's last
+item (file framing: ``klieo_shm.layout.journal``).
+
+Payloads of published messages are not in the journal: they stay in the
+store file of the state directory (``STORE`` names it), and a ``PUBLISH``
+record names their region there. The broker reuses a freed region only once
+the records that freed it are written (``PubsubState.reclaim``), so the
+journal never names a region that was overwritten by a later publish. When
+the store lives on a disk rather than a tmpfs, the store's pages are synced
+with the journal (:meth:`Journal.sync_with`) and each region carries a
+crc32 that recovery checks.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import msgpack
@@ -50,11 +59,9 @@ __all__ = ["FSYNC_POLICIES", "IOV_MAX", "Journal", "Record", "StateDirError"]
 log = logging.getLogger("klieo.shmd")
 
 FSYNC_POLICIES: Final = ("always", "interval", "never")
-BORROW_MIN: Final = 64 << 10
-"""Tails this big are written from where they lie; smaller ones are copied."""
 IOV_MAX: Final = 1024
 """Most buffers one ``writev`` takes (Linux)."""
-Record = tuple[list[Any], "bytes | memoryview"]
+Record = tuple[list[Any], bytes]
 """A record as a snapshot yields it: its items and its raw tail (or b"")."""
 COMPACT_MIN: Final = 64 << 20
 """The journal is rewritten once it is this big and four times its last snapshot."""
@@ -63,7 +70,9 @@ COMPACT_MIN: Final = 64 << 20
 SEQ: Final = 1  # [SEQ, last publish sequence]
 DURABLE: Final = 2  # [DURABLE, name, pattern, ack_wait]
 DURABLE_DEL: Final = 3  # [DURABLE_DEL, name]
-PUBLISH: Final = 4  # [PUBLISH, first_seq, descs, subjects, routes, route_of] + region tail
+# [PUBLISH, first_seq, descs, subjects, routes, route_of, off, span, crc32 or -1]
+# (the batch's region: span bytes at off in the store's data area)
+PUBLISH: Final = 4
 DELIVERED: Final = 5  # [DELIVERED, durable, seqs]  each delivered once more
 ACKED: Final = 6  # [ACKED, durable, seqs]
 COUNTS: Final = 7  # [COUNTS, durable, seqs, counts]  (snapshots)
@@ -84,12 +93,13 @@ KV_REV: Final = 22  # [KV_REV, bucket, revision]  (snapshots)
 LEASE: Final = 23  # [LEASE, bucket, key, token, pid, start, ttl]
 LEASE_END: Final = 24  # [LEASE_END, bucket, key, token]
 LEASE_TOKEN: Final = 25  # [LEASE_TOKEN, bucket, key, last token]  (snapshots)
+STORE: Final = 26  # [STORE, file name in the state directory]  (snapshots, first)
 
 
 OPS: Final = frozenset(
     {SEQ, DURABLE, DURABLE_DEL, PUBLISH, DELIVERED, ACKED, COUNTS}
     | {JOB_ADD, JOB_CLAIM, JOB_ACK, JOB_READY, JOB_DEAD, JOB_REQUEUE, JOB_DISCARD}
-    | {JOB_TOKENS, JOB_LETTER, KV_PUT, KV_DEL, KV_REV, LEASE, LEASE_END, LEASE_TOKEN}
+    | {JOB_TOKENS, JOB_LETTER, KV_PUT, KV_DEL, KV_REV, LEASE, LEASE_END, LEASE_TOKEN, STORE}
 )
 """Every op a record may carry; anything else ends the journal where it stands."""
 
@@ -119,7 +129,7 @@ class Journal:
             ) from None
         self._fd = -1
         self._out: list[bytes | memoryview] = []
-        self.borrowed = False  # a queued tail is a view of memory someone may reuse
+        self._companion: Callable[[], None] | None = None
         self._pack = msgpack.Packer(use_bin_type=True).pack
         self.size = 0
         self.snapshot_size = 0
@@ -197,7 +207,7 @@ class Journal:
                     chunk, pending = [], 0
             size += _write_all(fd, chunk)
             if self.fsync != "never":
-                os.fsync(fd)
+                self._fsync(fd)
             os.rename(tmp, self.path)
         except BaseException:
             os.close(fd)
@@ -215,21 +225,21 @@ class Journal:
         self.rewrites += 1
         self._unsynced = False
 
-    def append(self, record: list[Any], tail: bytes | memoryview = b"") -> None:
+    def append(self, record: list[Any], tail: bytes = b"") -> None:
         """Queue ``record`` and its raw ``tail``; they reach the file at the
-        next :meth:`flush`. A large ``memoryview`` tail is not copied: the
-        memory must not change before that flush (see :meth:`before_reuse`)."""
-        if type(tail) is memoryview:
-            if len(tail) < BORROW_MIN:
-                tail = bytes(tail)
-            else:
-                self.borrowed = True
+        next :meth:`flush`."""
         self._out += frame_parts(self._pack(record), tail)
 
-    def before_reuse(self) -> None:
-        """Memory a queued tail may view is about to be reused: write first."""
-        if self.borrowed:
-            self.flush()
+    def sync_with(self, companion: Callable[[], None] | None) -> None:
+        """Call ``companion`` (which syncs memory the records name, e.g. the
+        store file's pages) before every ``fsync`` of the journal, so a
+        synced record never names memory that was not synced with it."""
+        self._companion = companion
+
+    def _fsync(self, fd: int) -> None:
+        if self._companion is not None:
+            self._companion()
+        os.fsync(fd)
 
     def flush(self) -> None:
         """Write the queued records (and fsync them under ``"always"``)."""
@@ -237,11 +247,10 @@ class Journal:
         if not out or self._fd < 0:
             return
         self._out = []
-        self.borrowed = False
         try:
             self.size += _write_all(self._fd, out)
             if self.fsync == "always":
-                os.fsync(self._fd)
+                self._fsync(self._fd)
         except OSError as exc:
             self._fatal("write", exc)
         if self.fsync != "always":
@@ -256,7 +265,7 @@ class Journal:
 
     def _sync(self, fd: int) -> None:
         try:
-            os.fsync(fd)
+            self._fsync(fd)
         except OSError as exc:
             self._fatal("sync", exc)
 
@@ -290,7 +299,7 @@ class Journal:
                 self.flush()
                 self._wait_for_sync()
                 if self.fsync != "never":
-                    os.fsync(self._fd)
+                    self._fsync(self._fd)
             finally:
                 os.close(self._fd)
                 self._fd = -1

@@ -21,6 +21,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import struct
+import zlib
 from array import array
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
@@ -148,6 +149,11 @@ class PubsubState:
         # blocks keep what a snapshot needs even with no journal attached (set
         # while a journal's state is restored: dead letters published then)
         self.keep_meta = False
+        # journalled publishes carry a crc32 of their region (a store on disk)
+        self.checksum = False
+        # blocks freed while a journal is attached, reused once the records
+        # that freed them are written (see reclaim)
+        self._freed: list[int] = []
 
     # --- durables ------------------------------------------------------------
     def subscribe(
@@ -286,7 +292,12 @@ class PubsubState:
         span = ev.region_len - SLOT.size
         off = self.alloc.alloc(span)
         if off is None:
-            return False
+            if not self._freed:
+                return False
+            self.reclaim()
+            off = self.alloc.alloc(span)
+            if off is None:
+                return False
         src = ev.region_off + SLOT.size
         # SYNC POINT: payload bytes written to the store before the DeliverBatch
         # naming them is sent (the socket write orders them for the reader).
@@ -327,8 +338,9 @@ class PubsubState:
         refs: int,
         first: int,
     ) -> Block:
-        """Record a stored batch: its region, descriptors and, per message,
-        the durables it went to (as an index into a table of durable lists)."""
+        """Record a stored batch: its region in the store, descriptors and,
+        per message, the durables it went to (as an index into a table of
+        durable lists)."""
         n = len(ev.descs)
         packer = _DESCS.get(n)
         if packer is None:
@@ -351,10 +363,23 @@ class PubsubState:
             route_of = index.tobytes()
         if self.journal is not None:
             self.journal.append(
-                [PUBLISH, first, descs, ev.subjects, routes, route_of],
-                self.store[off : off + span],
+                [
+                    PUBLISH,
+                    first,
+                    descs,
+                    ev.subjects,
+                    routes,
+                    route_of,
+                    off,
+                    span,
+                    self.crc(off, span),
+                ]
             )
         return Block(off, refs, span, first, descs, ev.subjects)
+
+    def crc(self, off: int, span: int) -> int:
+        """The crc32 a journal record carries for a region (-1: none kept)."""
+        return zlib.crc32(self.store[off : off + span]) if self.checksum else -1
 
     def _unpark(self, now: float) -> None:
         for s in list(self.parked):
@@ -374,8 +399,24 @@ class PubsubState:
         block.refs -= n
         if block.refs == 0:
             if self.journal is not None:
-                self.journal.before_reuse()  # a queued record may still view it
-            self.alloc.free(block.off)
+                self._freed.append(block.off)  # the journal still names it
+            else:
+                self.alloc.free(block.off)
+
+    def reclaim(self) -> None:
+        """Free the blocks released since the last call, after writing the
+        journal records that released them: until then a restart would
+        still find their messages owed, so the bytes must stay."""
+        freed = self._freed
+        if not freed:
+            return
+        if self.journal is not None:
+            self.journal.flush()
+        self._freed = []
+        free = self.alloc.free
+        for off in freed:
+            free(off)
+        self._usage()
 
     def _usage(self) -> None:
         publish_usage(self._store_seg, self.alloc.used, len(self.alloc))

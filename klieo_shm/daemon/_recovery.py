@@ -1,10 +1,12 @@
 """Rebuilding broker state from its journal, and writing state as a snapshot.
 
 ``replay(records)`` folds journal records (``_journal`` ops) into plain
-models; ``restore(broker, recovered)`` loads them into a fresh broker's
-pubsub, jobs and KV state; ``snapshot(broker)`` yields records that rebuild
-the broker's current state (the start of a compacted journal). What a
-restart promises:
+models; ``restore(broker, recovered, state_dir)`` loads them into a fresh
+broker's pubsub, jobs and KV state, copying each owed payload region from
+the store file the journal names into the broker's new one (which also
+compacts the store, and lets ``--store-size`` change between starts);
+``snapshot(broker)`` yields records that rebuild the broker's current state
+(the start of a compacted journal). What a restart promises:
 
 * every durable with its pattern and ack_wait; every message it has not
   acked (pending or unacked when the broker died) is pending again, in
@@ -22,15 +24,20 @@ restart promises:
 Not kept: nak delays of messages (they are pending again at once), claim and
 lease deadlines (a kept claim or lease gets its full TTL again from the
 restart), and whatever no client was told of (parked publishes, enqueues
-waiting for room).
+waiting for room). A payload region whose crc32 (kept for a store on disk)
+does not match, or whose store file is gone, loses its messages, and the
+log says how many.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
+import os
 import time
+import zlib
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterator
@@ -38,16 +45,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._values import DEFAULT_MAX_ATTEMPTS
-from ..layout import SLOT
+from ..layout import SLOT, open_store
 from ..protocol._frames import MSG_DESC, PUB_DESC
 from . import _journal as J
 from ._leases import holder_alive
 from ._pubsub import Block, Consumer
+from ._segments import map_readonly
 
 if TYPE_CHECKING:
     from ._broker import Broker
 
-__all__ = ["Recovered", "RecoveryError", "replay", "restore", "snapshot"]
+__all__ = ["STORE_FILE", "Recovered", "RecoveryError", "replay", "restore", "snapshot"]
 
 log = logging.getLogger("klieo.shmd")
 
@@ -55,6 +63,8 @@ _SNAPSHOT_CHUNK = 1000
 """Most jobs per snapshot record."""
 _CHUNK_BYTES = 64 << 20
 """Most payload bytes per snapshot record (far below the format's MAX_RECORD)."""
+STORE_FILE = "store"
+"""Store files in a state directory are named ``store.<hex>``."""
 
 
 class RecoveryError(RuntimeError):
@@ -84,8 +94,10 @@ class Recovered:
 
     records: int = 0
     seq: int = 0
+    store: str | None = None  # the store file's name in the state directory
     durables: dict[str, _Durable] = field(default_factory=dict)
-    batches: dict[int, tuple[bytes, bytes, bytes]] = field(default_factory=dict)
+    # first seq -> (off, span, crc32 or -1, descs, subjects)
+    batches: dict[int, tuple[int, int, int, bytes, bytes]] = field(default_factory=dict)
     queues: dict[str, _Queue] = field(default_factory=dict)
     kv: dict[tuple[str, str], tuple[bytes | None, int]] = field(default_factory=dict)
     revisions: dict[str, int] = field(default_factory=dict)
@@ -120,9 +132,13 @@ def _durable_del(r: Recovered, rec: list[Any]) -> None:
     r.durables.pop(rec[1], None)
 
 
+def _store(r: Recovered, rec: list[Any]) -> None:
+    r.store = rec[1]
+
+
 def _publish(r: Recovered, rec: list[Any]) -> None:
-    _, first, descs, subjects, routes, route_of, region = rec
-    r.batches[first] = (region, descs, subjects)
+    _, first, descs, subjects, routes, route_of, off, span, crc = rec
+    r.batches[first] = (off, span, crc, descs, subjects)
     targets = [[r.durables.get(name) for name in names] for names in routes]
     idx = array("H")
     idx.frombytes(route_of)
@@ -295,15 +311,17 @@ _APPLY = {
     J.LEASE: _lease,
     J.LEASE_END: _lease_end,
     J.LEASE_TOKEN: _lease_token,
+    J.STORE: _store,
 }
 
 
 # --- restore -----------------------------------------------------------------------
-def restore(b: Broker, r: Recovered) -> None:
+def restore(b: Broker, r: Recovered, state_dir: str) -> None:
     """Load ``r`` into ``b``, a broker with no clients yet and no journal
-    attached (so nothing here is journalled twice)."""
+    attached (so nothing here is journalled twice); payloads come from the
+    store file ``r`` names in ``state_dir``."""
     now = b.clock()
-    _restore_pubsub(b, r)
+    _restore_pubsub(b, r, state_dir)
     _restore_kv(b, r, now)
     b.pubsub.keep_meta = True  # dead letters published here go into the snapshot
     try:
@@ -312,7 +330,43 @@ def restore(b: Broker, r: Recovered) -> None:
         b.pubsub.keep_meta = False
 
 
-def _restore_pubsub(b: Broker, r: Recovered) -> None:
+def _old_store(r: Recovered, state_dir: str) -> tuple[Any, memoryview | None]:
+    """The data area of the store file ``r`` names (and its map), or None."""
+    if r.store is None:
+        return None, None
+    path = os.path.join(state_dir, r.store)
+    try:
+        m = map_readonly(path)
+    except OSError as exc:
+        log.error("cannot map the store file %s: %s", path, exc)
+        return None, None
+    try:
+        return m, open_store(memoryview(m))
+    except ValueError as exc:
+        log.error("store file %s: %s", path, exc)
+        m.close()
+        return None, None
+
+
+def _restore_pubsub(b: Broker, r: Recovered, state_dir: str) -> None:
+    owed = _owed(b, r)
+    if not owed:
+        b.pubsub._usage()
+        return
+    m, old = _old_store(r, state_dir)
+    try:
+        _copy_owed(b, r, owed, old)
+    finally:
+        with contextlib.suppress(BufferError):  # a view still alive: the GC unmaps
+            if old is not None:
+                old.release()
+            if m is not None:
+                m.close()
+
+
+def _owed(b: Broker, r: Recovered) -> dict[int, dict[int, list[tuple[Consumer, int]]]]:
+    """Create the durables; return, per batch (first seq), per seq, the
+    durables that still owe the message and its delivery count."""
     ps = b.pubsub
     ps.seq = r.seq
     consumers: list[tuple[str, _Durable, Consumer]] = []
@@ -330,18 +384,40 @@ def _restore_pubsub(b: Broker, r: Recovered) -> None:
             if i < 0:
                 continue  # not stored (cannot happen with an intact journal)
             owed.setdefault(firsts[i], {}).setdefault(seq, []).append((c, count))
+    for _, _, c in consumers:
+        ps.dirty.add(c)
+    return owed
+
+
+def _copy_owed(
+    b: Broker,
+    r: Recovered,
+    owed: dict[int, dict[int, list[tuple[Consumer, int]]]],
+    old: memoryview | None,
+) -> None:
+    ps = b.pubsub
+    lost = 0
     for first in sorted(owed):
-        region, descs, subjects = r.batches[first]
+        old_off, span, crc, descs, subjects = r.batches[first]
         by_seq = owed[first]
+        region = None
+        if old is not None and old_off + span <= len(old):
+            region = old[old_off : old_off + span]
+            if crc != -1 and zlib.crc32(region) != crc:
+                region = None
+        if region is None:
+            lost += len(by_seq)
+            continue
         refs = sum(map(len, by_seq.values()))
-        off = ps.alloc.alloc(len(region))
+        off = ps.alloc.alloc(span)
         if off is None:
             raise RecoveryError(
                 f"the journal holds more pending payload than --store-size "
                 f"{ps.alloc.size} bytes takes; restart with a bigger store"
             )
-        ps.store[off : off + len(region)] = region
-        block = Block(off, refs, len(region), first, descs, subjects)
+        ps.store[off : off + span] = region
+        del region
+        block = Block(off, refs, span, first, descs, subjects)
         base = off - SLOT.size
         pos = 0
         for i, (rel, hl, pl, sl) in enumerate(PUB_DESC.iter_unpack(descs)):
@@ -356,8 +432,12 @@ def _restore_pubsub(b: Broker, r: Recovered) -> None:
                 c.pending.append(msg)
                 if count:
                     c.counts[seq] = count
-    for _, _, c in consumers:
-        ps.dirty.add(c)
+    if lost:
+        log.error(
+            "%d messages are lost: their payloads are not intact in the store file %s",
+            lost,
+            r.store,
+        )
     ps._usage()
 
 
@@ -421,6 +501,7 @@ def snapshot(b: Broker) -> Iterator[J.Record]:
 
 def _snapshot_pubsub(b: Broker) -> Iterator[Any]:
     ps = b.pubsub
+    yield [J.STORE, os.path.basename(b.store_seg.name)]
     yield [J.SEQ, ps.seq]
     live = ps.consumers
     owed: dict[Block, dict[int, list[str]]] = {}
@@ -455,9 +536,17 @@ def _snapshot_pubsub(b: Broker) -> Iterator[Any]:
                 i = table[names] = len(routes)
                 routes.append(list(names))
             route_of.append(i)
-        region = ps.store[block.off : block.off + block.span]
-        meta = [J.PUBLISH, block.first, block.descs, block.subjects, routes, route_of.tobytes()]
-        yield meta, region
+        yield [
+            J.PUBLISH,
+            block.first,
+            block.descs,
+            block.subjects,
+            routes,
+            route_of.tobytes(),
+            block.off,
+            block.span,
+            ps.crc(block.off, block.span),
+        ]
     for name, seen in counts.items():
         seqs = sorted(seen)
         yield [

@@ -1,10 +1,14 @@
-"""Named POSIX shared-memory segments owned by the broker.
+"""Shared memory owned by the broker: named POSIX segments, and files.
 
 Only the broker creates and unlinks segments. Names are
 ``/<prefix>-<broker pid>-<role>``; at start the broker removes every segment
 of its prefix (it has checked first that no live broker owns the socket).
 Never ``multiprocessing.shared_memory``: its resource tracker would unlink
 segments other processes still use.
+
+A :class:`FileSegment` is the same memory kept in a file of the state
+directory (the payload store of a broker with a journal): it outlives the
+broker, so a restarted broker finds the payloads its journal names there.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Final
 
 import posix_ipc
 
-__all__ = ["SHM_DIR", "Segment", "remove_stale"]
+__all__ = ["SHM_DIR", "FileSegment", "Segment", "map_readonly", "remove_stale"]
 
 SHM_DIR: Final = "/dev/shm"
 log = logging.getLogger("klieo.shmd")
@@ -52,12 +56,69 @@ class Segment:
         """Unlink the name and drop the broker's mapping. Idempotent."""
         with contextlib.suppress(posix_ipc.ExistentialError):
             posix_ipc.unlink_shared_memory(self.name)
-        view, self.view = self.view, memoryview(b"")
+        _unmap(self)
+
+    def close(self) -> None:
+        """The broker is done with the segment: the same as :meth:`destroy`."""
+        self.destroy()
+
+
+class FileSegment:
+    """A new file of ``size`` bytes at ``path`` (an absolute path, which is
+    also its ``name`` for clients), created exclusively and mapped
+    read-write. :meth:`close` unmaps and keeps the file; :meth:`destroy`
+    also removes it."""
+
+    __slots__ = ("_map", "name", "size", "view")
+
+    def __init__(self, path: str, size: int, mode: int, gid: int | None = None) -> None:
+        self.name = path
+        self.size = size
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode)
         try:
-            view.release()
-            self._map.close()
-        except BufferError:  # a slice is still alive somewhere: the GC unmaps it
-            pass
+            if gid is not None:
+                os.fchown(fd, -1, gid)
+            os.fchmod(fd, mode)  # not narrowed by the umask
+            os.ftruncate(fd, size)
+            self._map = mmap.mmap(fd, size)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        os.close(fd)
+        self.view = memoryview(self._map)
+
+    def sync(self) -> None:
+        """Write the file's changed pages to its disk (``msync``)."""
+        self._map.flush()
+
+    def close(self) -> None:
+        """Drop the broker's mapping; the file stays. Idempotent."""
+        _unmap(self)
+
+    def destroy(self) -> None:
+        """Drop the mapping and remove the file. Idempotent."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.name)
+        _unmap(self)
+
+
+def _unmap(seg: Segment | FileSegment) -> None:
+    view, seg.view = seg.view, memoryview(b"")
+    try:
+        view.release()
+        seg._map.close()
+    except BufferError:  # a slice is still alive somewhere: the GC unmaps it
+        pass
+
+
+def map_readonly(path: str) -> mmap.mmap:
+    """Map the whole file at ``path`` read-only (``OSError`` if it cannot be)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ)
+    finally:
+        os.close(fd)
 
 
 def remove_stale(prefix: str) -> list[str]:

@@ -22,7 +22,9 @@ lets a large payload go to the file straight from where it lies (``writev``),
 without being copied into a msgpack buffer first.
 
 Version history: 1, one msgpack body per record; 2, meta + raw tail;
-3, jobs enqueued as columns (``daemon._journal.JOB_ADD``).
+3, jobs enqueued as columns (``daemon._journal.JOB_ADD``); 4, payloads stay
+in the store file of the state directory: a publish record names its
+region there (``daemon._journal.STORE``, ``PUBLISH``) instead of carrying it.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ __all__ = [
 ]
 
 JOURNAL_MAGIC: Final = b"KLIEOJNL"
-JOURNAL_VERSION: Final = 3
+JOURNAL_VERSION: Final = 4
 JOURNAL_HEADER: Final = struct.Struct("<8sII")
 MAX_RECORD: Final = 1 << 30
 """No record body is longer (a longer length field is a torn or foreign file)."""

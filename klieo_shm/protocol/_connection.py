@@ -71,7 +71,9 @@ __all__ = [
     "State",
 ]
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
+"""1: the first; 2: ``Welcome.store_name`` may be a file path (the store of a
+broker with a state directory), not only a POSIX shared-memory name."""
 DEFAULT_MAX_FRAME: Final = 1 << 20
 """Frame body limit until the handshake sets the connection's own."""
 

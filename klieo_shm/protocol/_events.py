@@ -64,7 +64,10 @@ class Welcome:
     """Server -> client: the handshake succeeded.
 
     ``arena_name``/``arena_size``: the client's own tx arena (map read-write).
-    ``store_name``/``store_size``: the broker's payload store (map read-only).
+    ``store_name``/``store_size``: the broker's payload store (map read-only):
+    a POSIX shared-memory name (``/name``), or the path of a file when the
+    name holds more than one ``/`` (the store of a broker with a state
+    directory).
     ``max_payload``: largest payload accepted; ``max_frame``: largest frame
     body either side may send on this connection.
     """

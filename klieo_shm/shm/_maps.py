@@ -9,6 +9,7 @@ code, so user code never sees store memory.
 from __future__ import annotations
 
 import mmap
+import os
 
 import posix_ipc
 
@@ -16,20 +17,32 @@ __all__ = ["Mapping"]
 
 
 class Mapping:
-    """A named segment mapped read-only (the store) or read-write (the arena)."""
+    """A segment mapped read-only (the store) or read-write (the arena):
+    ``name`` is a POSIX shared-memory name (``/name``) or, when it holds
+    more than one ``/``, the path of a file (a store in a state directory)."""
 
     __slots__ = ("_map", "name", "view")
 
     def __init__(self, name: str, size: int, *, writable: bool) -> None:
         self.name = name
-        shm = posix_ipc.SharedMemory(name, 0, read_only=not writable)
-        try:
-            if shm.size < size:
-                raise ValueError(f"segment {name} has {shm.size} bytes, expected {size}")
-            prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-            self._map = mmap.mmap(shm.fd, size, mmap.MAP_SHARED, prot)
-        finally:
-            shm.close_fd()
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        if name.count("/") > 1:
+            fd = os.open(name, os.O_RDWR if writable else os.O_RDONLY)
+            try:
+                have = os.fstat(fd).st_size
+                if have < size:
+                    raise ValueError(f"file {name} has {have} bytes, expected {size}")
+                self._map = mmap.mmap(fd, size, mmap.MAP_SHARED, prot)
+            finally:
+                os.close(fd)
+        else:
+            shm = posix_ipc.SharedMemory(name, 0, read_only=not writable)
+            try:
+                if shm.size < size:
+                    raise ValueError(f"segment {name} has {shm.size} bytes, expected {size}")
+                self._map = mmap.mmap(shm.fd, size, mmap.MAP_SHARED, prot)
+            finally:
+                shm.close_fd()
         self.view = memoryview(self._map)
 
     def close(self) -> None:

@@ -372,35 +372,116 @@ async def test_a_state_directory_of_ones_choice_with_each_fsync_policy(
             assert entry.value == policy.encode()
     finally:
         d.stop()
-    assert sorted(listdir(state)) == ["journal", "lock"]
+    names = sorted(listdir(state))
+    assert names[:2] == ["journal", "lock"]
+    assert len(names) == 3
+    assert names[2].startswith("store.")
 
 
 def listdir(path: str) -> list[str]:
     return os.listdir(path)
 
 
-def test_a_large_tail_is_written_as_it_was_when_appended(sock: str) -> None:
-    from klieo_shm.daemon._journal import BORROW_MIN, Journal
+def store_files(state: str) -> list[str]:
+    return sorted(e for e in os.listdir(state) if e.startswith("store."))
 
-    state = os.path.join(os.path.dirname(sock), "j")
-    region = bytearray(b"a" * BORROW_MIN)
-    journal = Journal(state, "never")
+
+async def test_payloads_stay_in_the_store_file_and_the_journal_holds_metadata(
+    broker: DaemonProcess, sock: str
+) -> None:
+    state = broker.state_dir
+    assert state is not None
+    payloads = [os.urandom(60_000) for _ in range(64)]  # ~3.7 MiB, all pending
+    async with bus_on(sock) as bus:
+        stream = await bus.pubsub.subscribe("big.>", "keeper")
+        await stream.close()
+        for i, p in enumerate(payloads):
+            await bus.pubsub.publish(f"big.{i}", p)
+        await bus.kv.put("b", "k", b"flushed")  # answered: the journal is written
+        assert size_of(os.path.join(state, "journal")) < 64 << 10  # no payload in it
+        [before] = store_files(state)
+        restart(broker)
+    [after] = store_files(state)  # a new store file, the old one removed
+    assert after != before
+    async with bus_on(sock) as bus:
+        stream = await bus.pubsub.subscribe("big.>", "keeper")
+        for p in payloads:
+            msg = await asyncio.wait_for(stream.next(), WAIT)
+            assert msg.payload == p
+            await msg.ack()
+        await stream.close()
+
+
+async def test_the_store_size_may_change_between_starts(sock: str) -> None:
+    small = [a for a in ARGS if not a.startswith("--store-size")]
+    d = DaemonProcess(sock, *small, "--store-size", str(8 << 20))
+    d.start()
     try:
-        journal.load()
-        journal.rewrite([])
-        journal.append([1, 7], memoryview(region))  # borrowed, not copied
-        assert journal.borrowed
-        journal.before_reuse()  # the store is about to reuse the memory
-        region[:] = b"b" * BORROW_MIN
-        journal.append([1, 8], memoryview(bytearray(b"c" * 10)))  # small: copied
-        journal.flush()
+        async with bus_on(sock) as bus:
+            await (await bus.pubsub.subscribe("s.>", "keeper")).close()
+            for i in range(10):
+                await bus.pubsub.publish(f"s.{i}", b"%d" % i * 1000)
+        d.stop()
+        d.args = (*small, "--store-size", str(16 << 20))
+        d.start()
+        state = d.state_dir
+        assert state is not None
+        [store] = store_files(state)
+        assert size_of(os.path.join(state, store)) == 16 << 20
+        async with bus_on(sock) as bus:
+            stream = await bus.pubsub.subscribe("s.>", "keeper")
+            for i in range(10):
+                msg = await asyncio.wait_for(stream.next(), WAIT)
+                assert msg.payload == b"%d" % i * 1000
+                await msg.ack()
+            await stream.close()
     finally:
-        journal.close()
-    again = Journal(state, "never")
+        d.stop()
+        d.forget()
+
+
+def test_a_store_region_that_fails_its_crc_loses_only_its_messages(
+    sock: str, tmp_path: Any
+) -> None:
+    from klieo_shm.daemon._config import on_memory_fs
+
+    if on_memory_fs(str(tmp_path)):
+        pytest.skip("crc32s are kept only for a state directory on a disk")
+    state = str(tmp_path / "state")
+    d = DaemonProcess(sock, *ARGS, "--state-dir", state)
+
+    async def publish() -> None:
+        async with bus_on(sock) as bus:
+            await (await bus.pubsub.subscribe("c.>", "keeper")).close()
+            for word in (b"first", b"second", b"third"):
+                await bus.pubsub.publish("c.x", word * 100)
+
+    async def receive() -> list[bytes]:
+        async with bus_on(sock) as bus:
+            stream = await bus.pubsub.subscribe("c.>", "keeper")
+            await bus.pubsub.publish("c.x", b"after")  # delivered after what was owed
+            got = []
+            while not got or got[-1] != b"after":
+                msg = await asyncio.wait_for(stream.next(), WAIT)
+                got.append(msg.payload)
+                await msg.ack()
+            await stream.close()
+            return got
+
+    d.start()
     try:
-        assert again.load() == [[1, 7, b"a" * BORROW_MIN], [1, 8, b"c" * 10]]
+        asyncio.run(publish())
+        d.kill()
+        [store] = store_files(state)
+        with open(os.path.join(state, store), "r+b") as f:
+            data = f.read()
+            at = data.index(b"second" * 100)
+            f.seek(at + 50)
+            f.write(b"X")  # the region no longer matches its crc32
+        d.start()
+        assert asyncio.run(receive()) == [b"first" * 100, b"third" * 100, b"after"]
     finally:
-        again.close()
+        d.stop()
 
 
 def test_a_tail_that_frames_well_but_does_not_decode_ends_the_journal(sock: str) -> None:

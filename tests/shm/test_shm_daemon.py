@@ -29,11 +29,16 @@ def test_socket_dir_socket_and_segments_are_private(daemon: str) -> None:
     assert _mode(daemon) == 0o600
     with RawClient(daemon) as client:
         client.hello()  # creates this client's arena
+        welcome = client.welcome
         segments = leftover_segments(daemon)
         roles = {name.rsplit("-", 1)[-1] for name in segments}
-        assert {"store", "a1"} <= roles  # the store and this client's arena
+        assert {"kv1", "a1"} <= roles  # the KV table and this client's arena
         for name in segments:
             assert _mode(f"/dev/shm/{name}") == 0o600
+        # the payload store: a file in the state directory, which is private too
+        assert welcome.store_name.startswith(default_state_dir(daemon) + "/store.")
+        assert _mode(welcome.store_name) == 0o600
+        assert _mode(os.path.dirname(welcome.store_name)) == 0o700
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -139,6 +144,7 @@ def test_group_option_widens_dir_socket_and_arenas_but_store_stays_read_only(soc
     group = grp.getgrgid(os.getgid()).gr_name
     with spawn_daemon(sock, "--group", group), RawClient(sock) as client:
         client.hello()
+        welcome = client.welcome
         assert _mode(os.path.dirname(sock)) == 0o750
         assert _mode(sock) == 0o660
         modes = {
@@ -146,8 +152,9 @@ def test_group_option_widens_dir_socket_and_arenas_but_store_stays_read_only(soc
         }
         # clients write their arenas; every segment the broker writes is read-only to them
         assert modes.pop("a1") == 0o660
-        assert modes.pop("store") == 0o640
         assert set(modes.values()) <= {0o640}
+        assert _mode(welcome.store_name) == 0o640  # the store file in the state directory
+        assert _mode(os.path.dirname(welcome.store_name)) == 0o750
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another uid")
