@@ -169,7 +169,7 @@ class Broker:
             if journal is not None:
                 journal.close()
             raise
-        self.jobs = JobsState(
+        self.jobs = JobsState(  # does no I/O: nothing to undo should it fail
             self.pubsub,
             clock,
             config.max_payload,
@@ -198,8 +198,17 @@ class Broker:
         """A new store file in ``state_dir`` (the journal's lock is held, so
         no other broker uses the directory)."""
         if self.gid is not None:  # group members open the store in it
-            os.chmod(state_dir, 0o750)
-            os.chown(state_dir, -1, self.gid)
+            try:
+                os.chown(state_dir, -1, self.gid)
+                os.chmod(state_dir, 0o750)
+            except PermissionError as exc:
+                log.warning(
+                    "cannot open state directory %s to group %s (%s): its members "
+                    "cannot map the payload store",
+                    state_dir,
+                    self.config.group,
+                    exc,
+                )
         name = f"{STORE_FILE}.{time.time_ns():x}"
         return FileSegment(os.path.join(state_dir, name), self.config.store_size, mode, self.gid)
 
@@ -225,12 +234,23 @@ class Broker:
             self.pubsub.checksum = True
             journal.sync_with(seg.sync)
         journal.rewrite(snapshot(self))
-        mine = os.path.basename(seg.name)
-        for entry in os.listdir(state_dir):
-            if entry.startswith(STORE_FILE + ".") and entry != mine:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(state_dir, entry))
+        # From here on the journal names the new store file: nothing may fail
+        # (Broker.__init__ would remove that file). Old files: best effort.
         self._attach(journal)
+        mine = os.path.basename(seg.name)
+        try:
+            entries = os.listdir(state_dir)
+        except OSError as exc:
+            log.warning("cannot list %s to remove old store files: %s", state_dir, exc)
+            return
+        for entry in entries:
+            if entry.startswith(STORE_FILE + ".") and entry != mine:
+                try:
+                    os.unlink(os.path.join(state_dir, entry))
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    log.warning("cannot remove the old store file %s: %s", entry, exc)
 
     def _attach(self, journal: Journal | None) -> None:
         self.journal = journal

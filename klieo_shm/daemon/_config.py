@@ -138,6 +138,8 @@ class BrokerConfig:
             raise ValueError("kv_max_size must be at least kv_size")
         if self.state_dir == "":
             object.__setattr__(self, "state_dir", default_state_dir(self.socket_path))
+        elif self.state_dir is not None:  # clients open the store file by this path
+            object.__setattr__(self, "state_dir", os.path.abspath(self.state_dir))
         if self.fsync not in ("always", "interval", "never"):
             raise ValueError(f"fsync must be always, interval or never, not {self.fsync!r}")
         if not self.fsync_interval > 0:

@@ -232,8 +232,11 @@ class Journal:
 
     def sync_with(self, companion: Callable[[], None] | None) -> None:
         """Call ``companion`` (which syncs memory the records name, e.g. the
-        store file's pages) before every ``fsync`` of the journal, so a
-        synced record never names memory that was not synced with it."""
+        store file's pages) before every ``fsync`` of the journal. Under
+        ``"always"`` a synced record then never names memory that was not
+        synced with it; under ``"interval"`` records written while the sync
+        thread runs may reach the disk before their memory (within the
+        interval's loss window: the store's crc32s tell recovery)."""
         self._companion = companion
 
     def _fsync(self, fd: int) -> None:

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._values import DEFAULT_MAX_ATTEMPTS
-from ..layout import SLOT, open_store
+from ..layout import SLOT, LayoutError, open_store
 from ..protocol._frames import MSG_DESC, PUB_DESC
 from . import _journal as J
 from ._leases import holder_alive
@@ -337,13 +337,15 @@ def _old_store(r: Recovered, state_dir: str) -> tuple[Any, memoryview | None]:
     path = os.path.join(state_dir, r.store)
     try:
         m = map_readonly(path)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: an empty file
         log.error("cannot map the store file %s: %s", path, exc)
         return None, None
+    whole = memoryview(m)
     try:
-        return m, open_store(memoryview(m))
-    except ValueError as exc:
+        return m, open_store(whole)
+    except LayoutError as exc:
         log.error("store file %s: %s", path, exc)
+        whole.release()
         m.close()
         return None, None
 

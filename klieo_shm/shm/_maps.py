@@ -18,15 +18,15 @@ __all__ = ["Mapping"]
 
 class Mapping:
     """A segment mapped read-only (the store) or read-write (the arena):
-    ``name`` is a POSIX shared-memory name (``/name``) or, when it holds
-    more than one ``/``, the path of a file (a store in a state directory)."""
+    ``name`` is a POSIX shared-memory name (``/name``) or, when it is not of
+    that form, the path of a file (a store in a state directory)."""
 
     __slots__ = ("_map", "name", "view")
 
     def __init__(self, name: str, size: int, *, writable: bool) -> None:
         self.name = name
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-        if name.count("/") > 1:
+        if name.count("/") != 1 or not name.startswith("/"):  # not "/name": a path
             fd = os.open(name, os.O_RDWR if writable else os.O_RDONLY)
             try:
                 have = os.fstat(fd).st_size

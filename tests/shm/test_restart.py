@@ -114,6 +114,12 @@ def flip_last_byte(path: str) -> None:
         f.write(bytes([last[0] ^ 0xFF]))
 
 
+def overwrite(path: str, at: int, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(at)
+        f.write(data)
+
+
 def exists(path: str) -> bool:
     return os.path.exists(path)
 
@@ -473,15 +479,46 @@ def test_a_store_region_that_fails_its_crc_loses_only_its_messages(
         asyncio.run(publish())
         d.kill()
         [store] = store_files(state)
-        with open(os.path.join(state, store), "r+b") as f:
-            data = f.read()
-            at = data.index(b"second" * 100)
-            f.seek(at + 50)
-            f.write(b"X")  # the region no longer matches its crc32
+        path = os.path.join(state, store)
+        with open(path, "rb") as f:
+            at = f.read().index(b"second" * 100)
+        overwrite(path, at + 50, b"X")  # the region no longer matches its crc32
         d.start()
         assert asyncio.run(receive()) == [b"first" * 100, b"third" * 100, b"after"]
     finally:
         d.stop()
+
+
+@pytest.mark.parametrize("damage", ["empty", "zeroed header", "gone"])
+async def test_a_damaged_store_file_loses_its_messages_but_not_the_broker(
+    broker: DaemonProcess, sock: str, damage: str
+) -> None:
+    state = broker.state_dir
+    assert state is not None
+    async with bus_on(sock) as bus:
+        await (await bus.pubsub.subscribe("d.>", "keeper")).close()
+        await bus.pubsub.publish("d.x", b"before")
+        await bus.kv.put("b", "k", b"kept")
+    broker.kill()
+    [store] = store_files(state)
+    path = os.path.join(state, store)
+    if damage == "gone":
+        os.unlink(path)
+    elif damage == "empty":
+        os.truncate(path, 0)
+    else:
+        overwrite(path, 0, bytes(64))
+    broker.start()
+    async with bus_on(sock) as bus:
+        entry = await bus.kv.get("b", "k")  # the rest of the state is back
+        assert entry is not None
+        assert entry.value == b"kept"
+        stream = await bus.pubsub.subscribe("d.>", "keeper")
+        await bus.pubsub.publish("d.x", b"after")
+        msg = await asyncio.wait_for(stream.next(), WAIT)
+        assert msg.payload == b"after"  # "before" is lost with its store
+        await msg.ack()
+        await stream.close()
 
 
 def test_a_tail_that_frames_well_but_does_not_decode_ends_the_journal(sock: str) -> None:

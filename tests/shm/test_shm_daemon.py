@@ -179,3 +179,9 @@ def test_peer_of_another_uid_is_refused_even_when_the_socket_is_reachable(daemon
     assert os.waitstatus_to_exitcode(status) == 0
     with RawClient(daemon) as client:  # the owner still gets in
         assert type(client.hello()[0]).__name__ == "Welcome"
+
+
+def test_a_relative_state_directory_is_made_absolute(sock: str) -> None:
+    # clients open the store file in it by path, from their own working directory
+    config = BrokerConfig(socket_path=sock, state_dir="relative/state")
+    assert config.state_dir == os.path.join(os.getcwd(), "relative", "state")
