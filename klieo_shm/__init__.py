@@ -45,6 +45,8 @@ from ._names import validate_queue as validate_queue
 from ._names import validate_subject as validate_subject
 from ._names import validate_subject_pattern as validate_subject_pattern
 from ._names import validate_worker_id as validate_worker_id
+from ._spin import SpinningEventLoop as SpinningEventLoop
+from ._spin import spinning_loop as spinning_loop
 from ._values import DEFAULT_ACK_WAIT as DEFAULT_ACK_WAIT
 from ._values import DEFAULT_MAX_ATTEMPTS as DEFAULT_MAX_ATTEMPTS
 from ._values import DeadLetter as DeadLetter

@@ -16,6 +16,7 @@ from collections.abc import Coroutine
 from typing import Any, Generic, TypeVar
 
 from ._errors import Closed
+from ._spin import SpinningEventLoop
 
 __all__ = ["Portal"]
 
@@ -72,10 +73,11 @@ class _Call(Generic[T]):
 class Portal:
     """An event loop running on its own daemon thread until :meth:`stop`."""
 
-    def __init__(self, name: str = "klieo-sync") -> None:
+    def __init__(self, name: str = "klieo-sync", spin_us: float = 0.0) -> None:
         self.pid = os.getpid()
         self._stopped = False
-        self._loop = asyncio.new_event_loop()
+        # spin_us > 0: a SpinningEventLoop (see klieo_shm._spin)
+        self._loop = SpinningEventLoop(spin_us) if spin_us else asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 

@@ -13,6 +13,10 @@ A broker restart is ridden through as by the async flavour (its client
 reconnects on the loop thread): streams, services and watches resume, and a
 blocking call made while the client reconnects waits for it (bounded by the
 reconnect window, see :mod:`klieo_shm.shm`).
+
+``?spin_us=N`` in the URL runs that thread's loop as a
+:class:`klieo_shm.SpinningEventLoop`: it polls for up to N microseconds for
+the broker's answer before it sleeps (lower latency, a busy core meanwhile).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from . import _bus
 from . import _handles as h
 from ._errors import Closed
 from ._portal import Portal
+from ._spin import spin_us_of
 from ._values import (
     NEEDS_ROUND_TRIP,
     DeadLetter,
@@ -63,9 +68,10 @@ class _Link:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self.spin_us = spin_us_of(url)
         self._lock = threading.Lock()
         self.closed = False
-        self.portal = Portal()
+        self.portal = Portal(spin_us=self.spin_us)
         self.bus: _bus.Bus = self.portal.call(_bus.connect(url))
         self.kv_get_local = _get_local(self.bus)
 
@@ -75,7 +81,7 @@ class _Link:
                 raise Closed(self.url)
             if not self.portal.owned_here:
                 self.kv_get_local = None
-                self.portal = Portal()
+                self.portal = Portal(spin_us=self.spin_us)
                 self.bus = self.portal.call(_bus.connect(self.url))
                 self.kv_get_local = _get_local(self.bus)
             portal, bus = self.portal, self.bus
@@ -401,5 +407,6 @@ class Bus:
 
 
 def connect(url: str | None = None) -> Bus:
-    """Connect to the bus at ``url`` (see :func:`klieo_shm.connect`), blocking."""
+    """Connect to the bus at ``url`` (see :func:`klieo_shm.connect`), blocking;
+    ``?spin_us=N`` in the URL: see the module docstring."""
     return Bus(_Link(_bus.resolve_url(url)))

@@ -11,7 +11,9 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
 
+from .._spin import SpinningEventLoop
 from ._config import (
     DEFAULT_ARENA_SIZE,
     DEFAULT_KV_MAX_SIZE,
@@ -116,10 +118,24 @@ def _parser() -> argparse.ArgumentParser:
         default=1.0,
         help="seconds between syncs under --fsync interval (default 1)",
     )
+    p.add_argument(
+        "--spin-us",
+        type=float,
+        default=0.0,
+        help="microseconds to poll before sleeping after each wake-up: lower "
+        "round-trip latency for a busy core (default 0: sleep at once)",
+    )
     p.add_argument("--foreground", action="store_true", help="accepted; always foreground")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     return p
+
+
+def _loop_factory(config: BrokerConfig) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """A spinning loop under ``--spin-us``; else asyncio's default."""
+    if config.spin_us:
+        return lambda: SpinningEventLoop(config.spin_us, always=True)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
             state_dir=None if args.no_state else args.state_dir,
             fsync=args.fsync,
             fsync_interval=args.fsync_interval,
+            spin_us=args.spin_us,
         )
-        asyncio.run(serve_forever(config, args.ready_fd))
+        with asyncio.Runner(loop_factory=_loop_factory(config)) as runner:
+            runner.run(serve_forever(config, args.ready_fd))
     except (ValueError, RuntimeError, OSError) as exc:
         logging.getLogger("klieo.shmd").error("%s", exc)
         return 1

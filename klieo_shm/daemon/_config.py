@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from .._bus import default_socket_path
+from .._spin import MAX_SPIN_US
 
 __all__ = [
     "DEFAULT_ARENA_SIZE",
@@ -101,7 +102,9 @@ class BrokerConfig:
     ``state_dir``: where the journal lives (``""``: :func:`default_state_dir`;
     ``None``: no journal, a restarted broker starts empty). ``fsync``:
     ``always`` (every write), ``interval`` (at most ``fsync_interval``
-    seconds after a write) or ``never`` (left to the kernel).
+    seconds after a write) or ``never`` (left to the kernel). ``spin_us``:
+    after each wake-up the broker polls for up to this many microseconds
+    before it sleeps again (0: it sleeps at once; see ``klieo_shm._spin``).
     """
 
     socket_path: str = ""
@@ -117,6 +120,7 @@ class BrokerConfig:
     state_dir: str | None = ""
     fsync: str = "interval"
     fsync_interval: float = 1.0
+    spin_us: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.socket_path:
@@ -144,6 +148,8 @@ class BrokerConfig:
             raise ValueError(f"fsync must be always, interval or never, not {self.fsync!r}")
         if not self.fsync_interval > 0:
             raise ValueError("fsync_interval must be > 0")
+        if not 0 <= self.spin_us <= MAX_SPIN_US:
+            raise ValueError(f"spin_us must be between 0 and {MAX_SPIN_US:g}")
 
     @property
     def prefix(self) -> str:

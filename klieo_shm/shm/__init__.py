@@ -4,8 +4,11 @@
 names one. The query parameter ``reconnect_timeout`` (seconds, e.g.
 ``shm:///run/klieo.sock?reconnect_timeout=5``) bounds how long the client
 keeps reconnecting after the broker went away (default
-``$KLIEO_RECONNECT_TIMEOUT``, else 30; ``0`` gives up at once); other query
+``$KLIEO_RECONNECT_TIMEOUT``, else 30; ``0`` gives up at once); ``spin_us``
+is read by the blocking flavour (``klieo_shm.sync``); other query
 parameters and the fragment are ignored (tests use them to label buses).
+An asyncio client spins while it awaits an answer when its loop is a
+``klieo_shm.SpinningEventLoop``.
 
 A broker restart on the same socket is ridden through: the client reconnects
 by itself, streams re-subscribe, services re-register, watches resume, claims

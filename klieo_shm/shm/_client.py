@@ -50,6 +50,7 @@ from typing import Any, ClassVar, Final
 import posix_ipc
 
 from .._errors import BusError, Closed, Full, InvalidArgument, ProtocolError
+from .._spin import SpinningEventLoop
 from ..layout import SLOT, RingAllocator, open_arena, open_store, write_slot
 from ..protocol import (
     ACK_KIND_ACK,
@@ -183,6 +184,8 @@ class ShmClient:
         self.reconnect_timeout = reconnect_timeout
         self._pid = -1
         self._fork_gen = -1
+        self._spin_loop: SpinningEventLoop | None = None  # spins while we await
+        self._unspin: Callable[[], None] = lambda: None
         self._lock: asyncio.Lock | None = None
         self._closed = False
         self.gen = 0
@@ -282,6 +285,9 @@ class ShmClient:
         self._teardown()
         self._reset()
         loop = asyncio.get_running_loop()
+        if isinstance(loop, SpinningEventLoop) and loop is not self._spin_loop:
+            self._spin_loop = loop  # (a forked child's loop is a new one)
+            self._unspin = loop.spin_while(self._awaiting)
         try:
             transport, proto = await loop.create_unix_connection(
                 lambda: _Proto(self), self.socket_path
@@ -313,6 +319,10 @@ class ShmClient:
         self._ring = RingAllocator(len(self.arena))
         self._welcome = welcome
 
+    def _awaiting(self) -> bool:
+        """Whether an answer from the broker is awaited (a call, a publish)."""
+        return bool(self._calls or self._inflight)
+
     def _teardown(self) -> None:
         if self._transport is not None:
             self._transport.abort()
@@ -331,6 +341,7 @@ class ShmClient:
         self._closed = True
         if self._fork_gen != _forks[0]:
             return  # the parent's connection: not ours to close
+        self._unspin()
         if self._transport is not None and self._lost is None:
             self._flush()
             self._transport.close()

@@ -136,6 +136,9 @@ def test_quick_run_of_klieo(short_tmp: Path) -> None:
     assert not bad, bad
     ok = [row for row in rows if row["status"] == "ok"]
     assert {row["workload"] for row in ok} == {"W1", "W2", "W3", "W4", "W5", "W6"}
+    spinning = {(row["peer"], row["workload"]) for row in ok if "spin" in row["peer"]}
+    assert spinning == {("klieo-spin", "W3"), ("klieo-spin", "W4"), ("klieo-spin-sync", "W4")}
+    assert "--spin-us" in data["servers"]["klieo-spin"]["version"]
     assert code == 0, stderr[-2000:]
     for row in ok:
         assert row["label"] == "durable"
@@ -188,7 +191,13 @@ def test_peer_selection_keeps_the_journal_variant_apart() -> None:
 
     assert "klieo-nojournal" not in {p.name for p in select_peers(["klieo"])}
     both = select_peers(["klieo", "klieo-nojournal"])
-    assert [p.name for p in both] == ["klieo", "klieo-sync", "klieo-nojournal"]
+    assert [p.name for p in both] == [
+        "klieo",
+        "klieo-sync",
+        "klieo-spin",
+        "klieo-spin-sync",
+        "klieo-nojournal",
+    ]
     (nojournal,) = select_peers(["klieo-nojournal"])
     assert nojournal.servers == ("klieo-nojournal",)
     assert {"W1", "W5"} <= set(nojournal.impls)
@@ -199,6 +208,18 @@ def test_peer_selection_keeps_the_journal_variant_apart() -> None:
     )
 
 
+def test_the_spinning_peers_spin_on_their_own_daemon() -> None:
+    from tools.bench.workloads import select_peers
+
+    spin, spin_sync = select_peers(["klieo-spin", "klieo-spin-sync"])
+    for peer in (spin, spin_sync):
+        assert peer.servers == ("klieo-spin",)
+        roles = [role for impl in peer.impls.values() for role in impl.roles]
+        assert all(role.options["server"] == "klieo-spin" for role in roles)
+    assert all(r.options["loop"] == "spin" for i in spin.impls.values() for r in i.roles)
+    assert spin_sync.impls["W4"].roles[0].options["spin_us"] > 0
+
+
 def test_journal_cost_lines() -> None:
     from tools.bench.report import journal_cost_lines
     from tools.bench.stats import summarize
@@ -206,7 +227,8 @@ def test_journal_cost_lines() -> None:
     from tools.bench.workloads import select_peers
     from tools.bench.workloads.base import WORKLOADS
 
-    klieo, _sync, nojournal = select_peers(["klieo", "klieo-nojournal"])
+    peers = {p.name: p for p in select_peers(["klieo", "klieo-nojournal"])}
+    klieo, nojournal = peers["klieo"], peers["klieo-nojournal"]
     w1, w3 = WORKLOADS["W1"], WORKLOADS["W3"]
     rows = [
         Row(w1, klieo, "", "ok", 1, figure=summarize([90.0, 80.0, 100.0])),

@@ -67,6 +67,9 @@ PUBLIC = {
     "validate_durable",
     "validate_queue",
     "validate_worker_id",
+    # latency
+    "SpinningEventLoop",
+    "spinning_loop",
 }
 
 PRIVATE_MODULES = [
@@ -76,6 +79,7 @@ PRIVATE_MODULES = [
     "klieo_shm._interfaces",
     "klieo_shm._names",
     "klieo_shm._portal",
+    "klieo_shm._spin",
     "klieo_shm._values",
 ]
 

@@ -51,7 +51,13 @@ def _child_main(fn: RoleFn, rc: RoleContext, results: Any) -> None:
     """Body of a role process."""
     try:
         if inspect.iscoroutinefunction(fn):
-            out = asyncio.run(fn(rc))
+            if rc.options.get("loop") == "spin":  # klieo_shm's spinning loop
+                import klieo_shm
+
+                with asyncio.Runner(loop_factory=klieo_shm.spinning_loop) as runner:
+                    out = runner.run(fn(rc))
+            else:
+                out = asyncio.run(fn(rc))
         else:
             res = fn(rc)
             out = asyncio.run(_await(res)) if inspect.isawaitable(res) else res

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from tools.bench.workloads import klieo_peer
+
 NATS_MAX_PAYLOAD = 4 * 1024 * 1024  # W2 sends 1 MiB payloads: above nats-server's default
 START_TIMEOUT = 15.0
 
@@ -206,8 +208,9 @@ def _redis_ready(url: str) -> bool:
 # ----------------------------------------------------------------------- klieo-shmd
 
 
-def _start_klieo(srv: Server, journal: bool = True) -> None:
-    """klieo-shmd on ``<tmpdir>/klieo.sock``: with its defaults, or ``--no-state``.
+def _start_klieo(srv: Server, journal: bool = True, spin_us: float = 0.0) -> None:
+    """klieo-shmd on ``<tmpdir>/klieo.sock``: with its defaults, or ``--no-state``,
+    or ``--spin-us``.
 
     The daemon's default state directory is on a tmpfs (beside the socket when the
     socket's directory is one, else under /dev/shm); the pool removes it when it
@@ -222,6 +225,8 @@ def _start_klieo(srv: Server, journal: bool = True) -> None:
     assert srv.tmpdir is not None
     sock = srv.tmpdir / "klieo.sock"
     extra = [] if journal else ["--no-state"]
+    if spin_us:
+        extra += ["--spin-us", f"{spin_us:g}"]
     exe = find_executable("klieo-shmd")
     if exe is not None:
         cmd = [exe, "--socket", str(sock), *extra]
@@ -269,6 +274,7 @@ _STARTERS: dict[str, Callable[[Server], None]] = {
     "redis": _start_redis,
     "klieo": _start_klieo,
     "klieo-nojournal": functools.partial(_start_klieo, journal=False),
+    klieo_peer.SPIN: functools.partial(_start_klieo, spin_us=klieo_peer.SPIN_US),
 }
 
 

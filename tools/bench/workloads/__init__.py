@@ -15,7 +15,8 @@ from tools.bench.workloads.base import Impl, Peer
 
 KLIEO_FAMILY = klieo_peer.FAMILY
 NOJOURNAL = klieo_peer.NOJOURNAL  # klieo_shm without journal: peer, family and server
-KLIEO_SERVERS = (klieo_peer.SERVER, NOJOURNAL)  # servers whose peers use the klieo_shm API
+# servers whose peers use the klieo_shm API
+KLIEO_SERVERS = (klieo_peer.SERVER, NOJOURNAL, klieo_peer.SPIN)
 
 
 def all_peers() -> list[Peer]:
