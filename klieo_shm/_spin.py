@@ -54,8 +54,8 @@ def _check(spin_us: float) -> float:
     return float(spin_us)
 
 
-class SpinSelector(selectors.EpollSelector):
-    """An epoll selector whose blocking ``select`` polls for up to ``spin``
+class SpinSelector(selectors.DefaultSelector):
+    """The platform's selector (epoll on Linux), whose blocking ``select`` polls for up to ``spin``
     seconds before it sleeps, when ``always`` or when one of the
     ``spin_while`` conditions holds at the start of the wait."""
 

@@ -14,9 +14,10 @@ reconnects on the loop thread): streams, services and watches resume, and a
 blocking call made while the client reconnects waits for it (bounded by the
 reconnect window, see :mod:`klieo_shm.shm`).
 
-``?spin_us=N`` in the URL runs that thread's loop as a
+``?spin_us=N`` in a ``shm://`` URL runs that thread's loop as a
 :class:`klieo_shm.SpinningEventLoop`: it polls for up to N microseconds for
-the broker's answer before it sleeps (lower latency, a busy core meanwhile).
+the broker's answer before it sleeps (lower latency, a busy core meanwhile;
+other backends never spin).
 """
 
 from __future__ import annotations

@@ -104,7 +104,9 @@ class BrokerConfig:
     ``always`` (every write), ``interval`` (at most ``fsync_interval``
     seconds after a write) or ``never`` (left to the kernel). ``spin_us``:
     after each wake-up the broker polls for up to this many microseconds
-    before it sleeps again (0: it sleeps at once; see ``klieo_shm._spin``).
+    before it sleeps again (0: it sleeps at once; see ``klieo_shm._spin``);
+    ``klieo-shmd`` runs the broker on a ``SpinningEventLoop`` for it, a
+    broker embedded with ``serve_forever`` needs its caller's loop to be one.
     """
 
     socket_path: str = ""

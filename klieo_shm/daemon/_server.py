@@ -20,6 +20,7 @@ from typing import Final
 
 import psutil
 
+from .._spin import SpinningEventLoop
 from ._broker import Broker, Session
 from ._config import BrokerConfig
 from ._segments import remove_stale
@@ -166,8 +167,15 @@ class BrokerServer:
         socket, remove what a dead one left, then listen."""
         cfg = self.config
         path = cfg.socket_path
-        self._prepare()
         loop = asyncio.get_running_loop()
+        if cfg.spin_us and not isinstance(loop, SpinningEventLoop):
+            log.warning(
+                "spin_us %g is ignored: the broker runs on %s, not a "
+                "klieo_shm.SpinningEventLoop(spin_us, always=True) (klieo-shmd makes one)",
+                cfg.spin_us,
+                type(loop).__name__,
+            )
+        self._prepare()
         try:
             self._server = await loop.create_unix_server(lambda: _Conn(self), path)
             self._protect()

@@ -186,6 +186,7 @@ class ShmClient:
         self._fork_gen = -1
         self._spin_loop: SpinningEventLoop | None = None  # spins while we await
         self._unspin: Callable[[], None] = lambda: None
+        self._waits = 0  # calls in flight that wait at the broker on purpose
         self._lock: asyncio.Lock | None = None
         self._closed = False
         self.gen = 0
@@ -285,9 +286,6 @@ class ShmClient:
         self._teardown()
         self._reset()
         loop = asyncio.get_running_loop()
-        if isinstance(loop, SpinningEventLoop) and loop is not self._spin_loop:
-            self._spin_loop = loop  # (a forked child's loop is a new one)
-            self._unspin = loop.spin_while(self._awaiting)
         try:
             transport, proto = await loop.create_unix_connection(
                 lambda: _Proto(self), self.socket_path
@@ -318,10 +316,26 @@ class ShmClient:
             raise Closed(self.socket_path, f"cannot map the broker's segments: {exc}") from exc
         self._ring = RingAllocator(len(self.arena))
         self._welcome = welcome
+        self._spin_on(loop)
+
+    def _spin_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Spin on ``loop`` while an answer is awaited, if it is a spinning
+        loop (and on no other loop any more)."""
+        if loop is self._spin_loop:
+            return
+        self._unspin()
+        self._unspin, self._spin_loop = lambda: None, None
+        if isinstance(loop, SpinningEventLoop):
+            self._spin_loop = loop
+            self._unspin = loop.spin_while(self._awaiting)
 
     def _awaiting(self) -> bool:
-        """Whether an answer from the broker is awaited (a call, a publish)."""
-        return bool(self._calls or self._inflight)
+        """Whether an answer from the broker is awaited soon: a publish, or
+        a call other than those that wait at the broker on purpose."""
+        return len(self._calls) > self._waits or bool(self._inflight)
+
+    def _wait_done(self, fut: asyncio.Future[Any]) -> None:
+        self._waits -= 1
 
     def _teardown(self) -> None:
         if self._transport is not None:
@@ -342,6 +356,7 @@ class ShmClient:
         if self._fork_gen != _forks[0]:
             return  # the parent's connection: not ours to close
         self._unspin()
+        self._unspin, self._spin_loop = lambda: None, None
         if self._transport is not None and self._lost is None:
             self._flush()
             self._transport.close()
@@ -567,14 +582,35 @@ class ShmClient:
             self._transport.write(out[0] if len(out) == 1 else b"".join(out))
         out.clear()
 
-    async def call(self, method: str, args: dict[str, Any], timeout: float | None = None) -> Any:
-        """Send a ``Call`` and return the ``Result`` value (or raise its error)."""
-        if not self.connected:
-            await self.ensure()
+    def start_call(
+        self, method: str, args: dict[str, Any], *, waits: bool = False
+    ) -> tuple[int, asyncio.Future[Any]]:
+        """Send a ``Call`` now (the client must be connected); its id and the
+        future of its ``Result`` value. ``waits``: the broker may hold the
+        answer on purpose (a claim on an empty queue, a watch's next
+        changes), so a spinning loop does not spin for it."""
         call_id = next(self._call_ids)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if waits:
+            self._waits += 1
+            fut.add_done_callback(self._wait_done)
         self._calls[call_id] = fut
         self.send(Call(call_id, method, args))
+        return call_id, fut
+
+    async def call(
+        self,
+        method: str,
+        args: dict[str, Any],
+        timeout: float | None = None,
+        *,
+        waits: bool = False,
+    ) -> Any:
+        """Send a ``Call`` and return the ``Result`` value (or raise its
+        error); ``waits``: see :meth:`start_call`."""
+        if not self.connected:
+            await self.ensure()
+        call_id, fut = self.start_call(method, args, waits=waits)
         if timeout is None:
             return await fut
         timer = asyncio.get_running_loop().call_later(timeout, _expire, fut)

@@ -314,16 +314,13 @@ class ShmJobQueue(JobQueue):
             answer.set_exception(exc)
         _enqueued(queue, batch, answer)
 
-    def _call_nowait(self, method: str, args: dict[str, Any]) -> asyncio.Future[Any]:
+    def _call_nowait(
+        self, method: str, args: dict[str, Any], *, waits: bool = False
+    ) -> asyncio.Future[Any]:
         """Send a call now (after the queued resolutions); the future of its
         result. The client must be connected."""
         self._drain()
-        client = self._client
-        call_id = next(client._call_ids)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        client._calls[call_id] = fut
-        client.send(Call(call_id, method, args))
-        return fut
+        return self._client.start_call(method, args, waits=waits)[1]
 
     # --- claim -----------------------------------------------------------------
     async def claim(self, queue: str, worker_id: str, lease_ttl: float) -> ClaimedJob | None:
@@ -366,7 +363,7 @@ class ShmJobQueue(JobQueue):
             }
             gen = client.gen
             sent = time.monotonic()
-            task = self._call_nowait("jobs_claim", args)
+            task = self._call_nowait("jobs_claim", args, waits=self._claim_wait > 0)
             client._flush()
             try:
                 answer = await asyncio.shield(task)

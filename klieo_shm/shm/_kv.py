@@ -84,7 +84,7 @@ class _Watch(ItemQueue[KvChange]):
         try:
             while not self.closed:
                 try:
-                    changes = await client.call("kv_watch_next", args)
+                    changes = await client.call("kv_watch_next", args, waits=True)
                 except ConnectionInterrupted:
                     continue  # the next call waits for the new connection
                 if changes is None:

@@ -64,6 +64,38 @@ def test_an_asyncio_client_on_a_spinning_loop(spinning: psutil.Process, sock: st
         runner.run(main())
 
 
+def test_waiting_at_the_broker_on_purpose_does_not_spin(
+    spinning: psutil.Process, sock: str
+) -> None:
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, klieo_shm.SpinningEventLoop)
+        with pytest.raises(klieo_shm.Closed):  # a failed connect registers nothing
+            await klieo_shm.connect(f"shm://{sock}.absent")
+        assert loop.spin_selector.conditions == 0
+        bus = await klieo_shm.connect(f"shm://{sock}")
+        try:
+            watch = await bus.kv.watch("b")  # its next changes wait at the broker
+            claim = asyncio.ensure_future(bus.jobs.claim("q", "w1", 30.0))  # empty queue
+            await bus.kv.put("b", "k", b"v")
+            change = await asyncio.wait_for(watch.next(), WAIT)
+            assert change.value == b"v"
+            before = time.process_time()
+            await asyncio.sleep(0.4)  # spinning would burn up to 0.3 s of it
+            used = time.process_time() - before
+            claim.cancel()
+            await watch.close()
+        finally:
+            await bus.close()
+        return used
+
+    loop = klieo_shm.SpinningEventLoop(300_000)
+    try:
+        assert loop.run_until_complete(main()) < 0.1
+    finally:
+        loop.close()
+
+
 def test_a_blocking_client_with_spin_us(spinning: psutil.Process, sock: str) -> None:
     with klieo_shm.sync.connect(f"shm://{sock}?spin_us=200") as bus:
         assert bus.kv.put("b", "k", b"v") == 1

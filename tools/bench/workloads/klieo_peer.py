@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from multiprocessing.context import SpawnContext
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tools.bench.workloads.base import (
     Impl,
@@ -123,8 +124,12 @@ async def _connect(rc: RoleContext) -> Any:
 def _sync_connect(rc: RoleContext) -> Any:
     import klieo_shm.sync
 
-    spin = rc.options.get("spin_us")
-    return klieo_shm.sync.connect(_url(rc) + (f"?spin_us={spin}" if spin else ""))
+    url, spin = _url(rc), rc.options.get("spin_us")
+    if spin:  # added to whatever query the URL has
+        parts = urlsplit(url)
+        query = urlencode([*parse_qsl(parts.query), ("spin_us", str(spin))])
+        url = urlunsplit(parts._replace(query=query))
+    return klieo_shm.sync.connect(url)
 
 
 def _subject(params: RunParams) -> str:
