@@ -161,8 +161,6 @@ class _Proto(asyncio.BufferedProtocol):
 
 
 class ShmClient:
-    """One connection to the broker at ``socket_path``."""
-
     """One connection to the broker at ``socket_path``, reconnecting by itself
     (see the module docstring) for up to ``reconnect_timeout`` seconds
     (``None``: ``$KLIEO_RECONNECT_TIMEOUT``, else 30).
