@@ -382,8 +382,23 @@ class Broker:
         self.detach_journal()
         for s in list(self.sessions.values()):
             self.close_session(s)
-        self.store_seg.close()  # a store file stays for the next start
+        store = self.store_seg
+        if isinstance(store, FileSegment):  # it stays for the next start
+            self._release_free_store(store)
+        store.close()
         self.kv.close()
+
+    def _release_free_store(self, store: FileSegment) -> None:
+        """The stopped broker's store file keeps only the pages of what is
+        still owed: free space goes back to the system."""
+        base = HEADER_SIZE  # the data area's offset in the file
+        free = [(base + off, size) for off, size in self.pubsub.alloc.free_blocks()]
+        try:
+            released = store.release_pages(free)
+        except OSError as exc:  # e.g. a filesystem without MADV_REMOVE
+            log.info("store file %s keeps its free pages: %s", store.name, exc)
+            return
+        log.info("store file %s: released %d free bytes", store.name, released)
 
     # --- events --------------------------------------------------------------
     def _handle(self, s: Session, ev: Event, now: float) -> None:

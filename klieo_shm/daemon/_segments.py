@@ -88,6 +88,20 @@ class FileSegment:
         self._fd = fd
         self.view = memoryview(self._map)
 
+    def release_pages(self, ranges: list[tuple[int, int]]) -> int:
+        """Give the memory of the whole pages inside each ``(offset, size)``
+        range back to the system (``MADV_REMOVE``: a tmpfs frees them, the
+        file reads zeros there); returns the bytes released."""
+        page = mmap.PAGESIZE
+        done = 0
+        for off, size in ranges:
+            start = -(-off // page) * page
+            end = (off + size) // page * page
+            if end > start:
+                self._map.madvise(mmap.MADV_REMOVE, start, end - start)
+                done += end - start
+        return done
+
     def sync(self) -> None:
         """Write the pages changed through the mapping to the file's disk.
         (``fdatasync`` covers a shared mapping's writes on Linux, and unlike

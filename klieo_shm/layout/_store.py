@@ -129,6 +129,11 @@ class BuddyAllocator:
             order += 1
         free[order].add(off)
 
+    def free_blocks(self) -> list[tuple[int, int]]:
+        """Every free block as ``(offset, size)``, in offset order."""
+        shift = self._min_shift
+        return sorted((off, 1 << (o + shift)) for o, offs in enumerate(self._free) for off in offs)
+
     def largest_free(self) -> int:
         """Size of the largest free block (0 when full)."""
         for o in range(self.max_order, -1, -1):

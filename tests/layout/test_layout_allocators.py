@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -77,6 +79,10 @@ def test_buddy_blocks_never_overlap_and_merge_back(ops: list[int]) -> None:
             assert off + block <= o or o + b <= off, "overlap"
         live[off] = block
         assert buddy.used == sum(live.values())
+        # the free blocks and the live ones tile the whole area
+        tiles = sorted([*buddy.free_blocks(), *live.items()])
+        assert sum(b for _, b in tiles) == size
+        assert all(o + b == nxt for (o, b), (nxt, _) in itertools.pairwise(tiles))
     for off in list(live):
         buddy.free(off)
     assert buddy.used == 0

@@ -418,6 +418,32 @@ async def test_payloads_stay_in_the_store_file_and_the_journal_holds_metadata(
         await stream.close()
 
 
+async def test_a_clean_stop_gives_the_store_files_free_pages_back(
+    broker: DaemonProcess, sock: str
+) -> None:
+    state = broker.state_dir
+    assert state is not None
+    async with bus_on(sock) as bus:
+        stream = await bus.pubsub.subscribe("m.>", "keeper")
+        for _ in range(40):  # 2.5 MiB in the store at once, then all acked
+            await bus.pubsub.publish("m.x", os.urandom(60_000))
+        for _ in range(40):
+            msg = await asyncio.wait_for(stream.next(), WAIT)
+            await msg.ack()
+        await stream.close()
+        await bus.pubsub.publish("m.x", b"kept" * 1000)  # still owed
+    broker.stop()
+    [store] = store_files(state)
+    assert os.stat(os.path.join(state, store)).st_blocks * 512 < 1 << 20  # resident: < 1 MiB
+    broker.start()
+    async with bus_on(sock) as bus:
+        stream = await bus.pubsub.subscribe("m.>", "keeper")
+        msg = await asyncio.wait_for(stream.next(), WAIT)
+        assert msg.payload == b"kept" * 1000
+        await msg.ack()
+        await stream.close()
+
+
 async def test_the_store_size_may_change_between_starts(sock: str) -> None:
     small = [a for a in ARGS if not a.startswith("--store-size")]
     d = DaemonProcess(sock, *small, "--store-size", str(8 << 20))
