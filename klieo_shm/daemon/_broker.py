@@ -380,19 +380,22 @@ class Broker:
         """Drop every client and the segments (the journal is detached first,
         see :meth:`detach_journal`)."""
         self.detach_journal()
+        # what the journal on file counts as free (taken before anything else
+        # is freed without being journalled)
+        free = self.pubsub.alloc.free_blocks()
         for s in list(self.sessions.values()):
             self.close_session(s)
         store = self.store_seg
         if isinstance(store, FileSegment):  # it stays for the next start
-            self._release_free_store(store)
+            self._release_free_store(store, free)
         store.close()
         self.kv.close()
 
-    def _release_free_store(self, store: FileSegment) -> None:
+    def _release_free_store(self, store: FileSegment, blocks: list[tuple[int, int]]) -> None:
         """The stopped broker's store file keeps only the pages of what is
-        still owed: free space goes back to the system."""
+        still owed: the free ``blocks`` go back to the system."""
         base = HEADER_SIZE  # the data area's offset in the file
-        free = [(base + off, size) for off, size in self.pubsub.alloc.free_blocks()]
+        free = [(base + off, size) for off, size in blocks]
         try:
             released = store.release_pages(free)
         except OSError as exc:  # e.g. a filesystem without MADV_REMOVE
