@@ -44,8 +44,8 @@ import itertools
 import logging
 import os
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar, Final
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ClassVar, Final, TypeVar
 
 import posix_ipc
 
@@ -85,6 +85,7 @@ __all__ = [
 ]
 
 log: Final = logging.getLogger("klieo_shm.shm")
+T = TypeVar("T")
 
 _BATCH_BYTES: Final = 4 << 20
 _READ_BUFFER: Final = 256 << 10
@@ -621,11 +622,34 @@ class ShmClient:
     async def call_direct(self, method: str, args: dict[str, Any]) -> Any:
         """``call`` on the current connection without waiting for it to be
         ready: for ``on_restore``, which runs before waiting operations go on."""
-        call_id = next(self._call_ids)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._calls[call_id] = fut
-        self.send(Call(call_id, method, args))
-        return await fut
+        return await self.start_call(method, args)[1]
+
+    async def register_again(
+        self,
+        items: Sequence[T],
+        register: Callable[[T], tuple[str, dict[str, Any]]],
+        unregister: Callable[[T], tuple[str, dict[str, Any]]],
+        still_open: Callable[[T], bool],
+    ) -> list[tuple[T, Any]]:
+        """For ``on_restore``: send every item's ``register`` call on the new
+        connection at once; an item closed meanwhile that the broker took is
+        unregistered again. Returns ``(item, answer)`` for the items still
+        open, the answer being the broker's error where it refused one.
+        Raises ``Closed`` if the new connection broke too (the client then
+        retries)."""
+        answers = await asyncio.gather(
+            *(self.call_direct(*register(item)) for item in items), return_exceptions=True
+        )
+        kept: list[tuple[T, Any]] = []
+        for item, answer in zip(items, answers, strict=True):
+            if isinstance(answer, Closed):
+                raise answer
+            if still_open(item):
+                kept.append((item, answer))
+            elif not isinstance(answer, BaseException):
+                with contextlib.suppress(BusError):
+                    await self.call_direct(*unregister(item))
+        return kept
 
     # --- acks ----------------------------------------------------------------
     def ack(self, delivery_id: int, kind: int = ACK_KIND_ACK, delay_ms: int = 0) -> None:

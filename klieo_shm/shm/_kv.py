@@ -323,25 +323,19 @@ class ShmKvStore(KvStore):
         on the next ``get``) and register every open watch again. A watch
         the broker refuses now ends with the broker's error."""
         self._unmap()
-        client = self._client
-        watches = list(self._watches.values())
-        if not watches:
-            return
-        answers = await asyncio.gather(
-            *(client.call_direct("kv_watch", w.args) for w in watches), return_exceptions=True
+        kept = await self._client.register_again(
+            list(self._watches.values()),
+            lambda w: ("kv_watch", w.args),
+            lambda w: ("kv_unwatch", {"watch_id": w.watch_id}),
+            lambda w: self._watches.get(w.watch_id) is w,
         )
-        for w, answer in zip(watches, answers, strict=True):
-            if isinstance(answer, Closed):
-                raise answer  # the new connection broke too: the client retries
+        for w, answer in kept:
             if isinstance(answer, BaseException):
                 if self._watches.pop(w.watch_id, None) is w:
                     w.error = answer if isinstance(answer, BusError) else BusError(str(answer))
                     if w.pump is not None and not w.pump.done():
                         w.pump.cancel()
                     w.wake()
-            elif self._watches.get(w.watch_id) is not w:  # closed meanwhile
-                with contextlib.suppress(BusError):
-                    await client.call_direct("kv_unwatch", {"watch_id": w.watch_id})
             elif (
                 isinstance(answer, dict)
                 and isinstance(answer.get("rev"), int)

@@ -217,23 +217,16 @@ class ShmPubsub(Pubsub):
     async def restore(self) -> None:
         """On a new connection: subscribe every open stream again. A stream
         the broker refuses now ends with the broker's error."""
-        client = self._client
-        subs = list(self._subs.values())
-        if not subs:
-            return
-        answers = await asyncio.gather(
-            *(client.call_direct("subscribe", sub.args) for sub in subs), return_exceptions=True
+        kept = await self._client.register_again(
+            list(self._subs.values()),
+            lambda sub: ("subscribe", sub.args),
+            lambda sub: ("unsubscribe", {"sub_id": sub.sub_id}),
+            lambda sub: self._subs.get(sub.sub_id) is sub,
         )
-        for sub, answer in zip(subs, answers, strict=True):
-            if isinstance(answer, Closed):
-                raise answer  # the new connection broke too: the client retries
-            if isinstance(answer, BaseException):
-                if self._subs.pop(sub.sub_id, None) is sub:
-                    sub.error = answer if isinstance(answer, BusError) else BusError(str(answer))
-                    sub.wake()
-            elif self._subs.get(sub.sub_id) is not sub:  # closed meanwhile
-                with contextlib.suppress(BusError):
-                    await client.call_direct("unsubscribe", {"sub_id": sub.sub_id})
+        for sub, answer in kept:
+            if isinstance(answer, BaseException) and self._subs.pop(sub.sub_id, None) is sub:
+                sub.error = answer if isinstance(answer, BusError) else BusError(str(answer))
+                sub.wake()
 
     def end_all(self, error: BusError | None) -> None:
         """End every stream: quietly (``error`` None) or raising ``error``."""
@@ -360,27 +353,17 @@ class ShmRequestReply(RequestReply):
 
     async def restore(self) -> None:
         """On a new connection: serve every running service's subject again."""
-        client = self._client
-        services = list(self._subjects.items())
-        if not services:
-            return
-        answers = await asyncio.gather(
-            *(
-                client.call_direct("serve", {"subject": subject, "svc_id": svc_id})
-                for svc_id, subject in services
-            ),
-            return_exceptions=True,
+        kept = await self._client.register_again(
+            list(self._subjects.items()),
+            lambda svc: ("serve", {"subject": svc[1], "svc_id": svc[0]}),
+            lambda svc: ("unserve", {"svc_id": svc[0]}),
+            lambda svc: svc[0] in self._subjects,
         )
-        for (svc_id, subject), answer in zip(services, answers, strict=True):
-            if isinstance(answer, Closed):
-                raise answer  # the new connection broke too: the client retries
+        for (svc_id, subject), answer in kept:
             if isinstance(answer, BaseException):
                 log.warning("service on %r could not be registered again: %s", subject, answer)
                 self._handlers.pop(svc_id, None)
                 self._subjects.pop(svc_id, None)
-            elif svc_id not in self._subjects:  # stopped meanwhile
-                with contextlib.suppress(BusError):
-                    await client.call_direct("unserve", {"svc_id": svc_id})
 
     def end_all(self) -> None:
         self._handlers.clear()

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from shm_helpers import SMALL, private_socket
+from shm_helpers import SMALL_ARGS, private_socket
 
-from klieo_shm.daemon import spawn_daemon
+from klieo_shm.daemon import DaemonProcess, spawn_daemon
 
 
 @pytest.fixture
@@ -19,6 +19,16 @@ def sock() -> Iterator[str]:
 @pytest.fixture
 def daemon(sock: str) -> Iterator[str]:
     """A klieo-shmd process with small limits on the test's own socket."""
-    args = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]
-    with spawn_daemon(sock, *args):
+    with spawn_daemon(sock, *SMALL_ARGS):
         yield sock
+
+
+@pytest.fixture
+def broker(sock: str) -> Iterator[DaemonProcess]:
+    """A klieo-shmd with small limits that the test may kill and start again."""
+    d = DaemonProcess(sock, *SMALL_ARGS)
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop()  # a SIGKILLed last daemon is fine: the check removes its segments

@@ -29,6 +29,8 @@ SMALL: dict[str, Any] = {
     "store_size": 8 << 20,
 }
 """Limits small enough that tests can fill them."""
+SMALL_ARGS = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]
+"""``SMALL`` as klieo-shmd options."""
 
 
 @contextlib.contextmanager

@@ -6,10 +6,8 @@ calls made meanwhile wait; after the reconnect window it gives up."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
-from shm_helpers import SMALL
 
 import klieo_shm
 import klieo_shm.sync
@@ -18,17 +16,6 @@ from klieo_shm.daemon import DaemonProcess
 from klieo_shm.worker import WorkerOptions, run_worker
 
 WAIT = 30.0
-ARGS = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]
-
-
-@pytest.fixture
-def broker(sock: str) -> Iterator[DaemonProcess]:
-    b = DaemonProcess(sock, *ARGS)
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()  # a SIGKILLed last daemon is fine: the check removes its segments
 
 
 async def _kill(broker: DaemonProcess, bus: klieo_shm.Bus) -> None:

@@ -9,11 +9,11 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from shm_helpers import SMALL
+from shm_helpers import SMALL, SMALL_ARGS
 
 import klieo_shm
 from klieo_shm import Job
@@ -24,17 +24,6 @@ from klieo_shm.layout.journal import JOURNAL_HEADER, JOURNAL_MAGIC, JOURNAL_VERS
 HERE = os.path.dirname(__file__)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(klieo_shm.__file__)))
 WAIT = 30.0
-ARGS = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]
-
-
-@pytest.fixture
-def broker(sock: str) -> Iterator[DaemonProcess]:
-    d = DaemonProcess(sock, *ARGS)
-    d.start()
-    try:
-        yield d
-    finally:
-        d.stop()
 
 
 async def settle(bus: klieo_shm.Bus) -> None:
@@ -286,7 +275,7 @@ def test_another_format_version_is_refused_with_both_versions_named(sock: str) -
     with open(os.path.join(state, "journal"), "wb") as f:
         f.write(JOURNAL_HEADER.pack(JOURNAL_MAGIC, 99, 0))
     out = subprocess.run(
-        [sys.executable, "-m", "klieo_shm.daemon", "--socket", sock, *ARGS],
+        [sys.executable, "-m", "klieo_shm.daemon", "--socket", sock, *SMALL_ARGS],
         capture_output=True,
         text=True,
         timeout=WAIT,
@@ -300,15 +289,15 @@ def test_another_format_version_is_refused_with_both_versions_named(sock: str) -
 def test_one_state_directory_serves_one_broker(sock: str) -> None:
     state = default_state_dir(sock)
     other = os.path.join(os.path.dirname(sock), "o.sock")
-    with DaemonProcess(sock, *ARGS):
-        second = DaemonProcess(other, *ARGS, "--state-dir", state)
+    with DaemonProcess(sock, *SMALL_ARGS):
+        second = DaemonProcess(other, *SMALL_ARGS, "--state-dir", state)
         with pytest.raises(DaemonError):
             second.start()
         second.stop()
 
 
 async def test_no_state_starts_empty(sock: str) -> None:
-    d = DaemonProcess(sock, *ARGS, "--no-state")
+    d = DaemonProcess(sock, *SMALL_ARGS, "--no-state")
     d.start()
     try:
         async with bus_on(sock) as bus:
@@ -366,7 +355,7 @@ async def test_a_state_directory_of_ones_choice_with_each_fsync_policy(
     sock: str, policy: str
 ) -> None:
     state = os.path.join(os.path.dirname(sock), "elsewhere")
-    d = DaemonProcess(sock, *ARGS, "--state-dir", state, "--fsync", policy)
+    d = DaemonProcess(sock, *SMALL_ARGS, "--state-dir", state, "--fsync", policy)
     d.start()
     try:
         async with bus_on(sock) as bus:
@@ -445,7 +434,7 @@ async def test_a_clean_stop_gives_the_store_files_free_pages_back(
 
 
 async def test_the_store_size_may_change_between_starts(sock: str) -> None:
-    small = [a for a in ARGS if not a.startswith("--store-size")]
+    small = [a for a in SMALL_ARGS if not a.startswith("--store-size")]
     d = DaemonProcess(sock, *small, "--store-size", str(8 << 20))
     d.start()
     try:
@@ -480,7 +469,7 @@ def test_a_store_region_that_fails_its_crc_loses_only_its_messages(
     if on_memory_fs(str(tmp_path)):
         pytest.skip("crc32s are kept only for a state directory on a disk")
     state = str(tmp_path / "state")
-    d = DaemonProcess(sock, *ARGS, "--state-dir", state)
+    d = DaemonProcess(sock, *SMALL_ARGS, "--state-dir", state)
 
     async def publish() -> None:
         async with bus_on(sock) as bus:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
-from shm_helpers import SMALL
+from shm_helpers import SMALL_ARGS
 
 import klieo_shm
 import klieo_shm.sync
@@ -20,12 +20,11 @@ from klieo_shm import Job
 from klieo_shm.daemon import spawn_daemon
 
 WAIT = 30.0
-ARGS = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]
 
 
 @pytest.fixture
 def spinning(sock: str) -> Iterator[psutil.Process]:
-    with spawn_daemon(sock, *ARGS, "--spin-us", "100") as proc:
+    with spawn_daemon(sock, *SMALL_ARGS, "--spin-us", "100") as proc:
         yield psutil.Process(proc.pid)
 
 
