@@ -60,7 +60,7 @@ class _Server:
             self._sub = await self._conn.nc.subscribe(
                 nats_subject, queue=QUEUE_GROUP, cb=self._on_request
             )
-            await self._conn.nc.flush()
+            await self._conn.settle_interest()
 
     async def _on_request(self, msg: NatsMsg) -> None:
         task = asyncio.get_running_loop().create_task(self._handle(msg))
@@ -93,12 +93,7 @@ class _Server:
         sub, self._sub = self._sub, None
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
-            # Two round trips: after one, the server was seen to route the next
-            # request to this subscription about once in 50 stops under load
-            # (nats-py 2.16, nats-server 2.15), and nats-py drops it (the
-            # requester waited for its timeout); after two, never in 900.
-            await self._conn.nc.flush(timeout=2)
-            await self._conn.nc.flush(timeout=2)
+            await self._conn.settle_interest(timeout=2)
 
     async def stop(self) -> None:
         self._owner.servers.discard(self)
