@@ -34,6 +34,8 @@ from ..protocol import (
     Event,
     Hello,
     Incoming,
+    KvWrite,
+    KvWritten,
     LocalProtocolError,
     PublishBatch,
     RemoteProtocolError,
@@ -45,7 +47,7 @@ from ..protocol._wire_errors import error_to_wire
 from ._config import BrokerConfig, on_memory_fs
 from ._jobs import JobsState, job_calls
 from ._journal import Journal
-from ._kv import KV_CALLS, KvState
+from ._kv import KV_CALLS, KvState, kv_write
 from ._pubsub import Member, PubsubState
 from ._recovery import STORE_FILE, Recovered, replay, restore, snapshot
 from ._segments import FileSegment, Segment
@@ -290,6 +292,8 @@ class Broker:
                 ev = conn.next_event()
                 if isinstance(ev, Call):  # the common case first
                     self._call(s, ev, now)
+                elif isinstance(ev, KvWrite):
+                    self._kv_write(s, ev)
                 elif ev is NEED_DATA:
                     return True
                 elif ev is CLOSED or isinstance(ev, Error):
@@ -454,6 +458,17 @@ class Broker:
             raise RemoteProtocolError(f"bad arguments to {ev.method!r}: {exc!r}") from None
         if value is not _DEFER:
             s.send(Result(ev.call_id, value))
+
+    def _kv_write(self, s: Session, ev: KvWrite) -> None:
+        try:
+            revision = kv_write(self, ev)
+        except BusError as exc:
+            name, args = error_to_wire(exc)
+            s.send(Result(ev.call_id, None, name, args))
+            return
+        except ValueError as exc:  # the table refused the value: as a bad call argument
+            raise RemoteProtocolError(f"bad kv write: {exc!r}") from None
+        s.send(KvWritten(ev.call_id, revision))
 
     def _c_ping(self, s: Session, ev: Call, now: float) -> object:
         return {"pid": self.pid}

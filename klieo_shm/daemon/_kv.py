@@ -20,16 +20,16 @@ no round trip; every write goes through this module, which:
   and otherwise held (deferred) until the next change: a stream over the
   control connection, one frame per batch of changes, in revision order.
 
-Calls (``Call.method`` -> handler in ``KV_CALLS``; values travel inline):
+Puts, cas and deletes come as ``KvWrite`` frames (``kv_write``), answered
+by a ``KvWritten`` with the revision taken (0: a delete of an absent key) or
+by a ``Result`` carrying the error. The other operations are calls
+(``Call.method`` -> handler in ``KV_CALLS``; values travel inline):
 
 ==============  ===========================================  ================
 method          args                                         value
 ==============  ===========================================  ================
 kv_info                                                      name, size, gen
 kv_get          bucket, key                                  [value, rev]|None
-kv_put          bucket, key, value                           revision
-kv_cas          bucket, key, value, expected (int|None)      revision
-kv_delete       bucket, key                                  None
 kv_keys         bucket                                       sorted keys
 kv_watch        watch_id, bucket, pattern                    {rev: bucket's last}
 kv_watch_next   watch_id                                     changes | None
@@ -55,7 +55,7 @@ from .._names import subject_matches, validate_bucket, validate_key, validate_ke
 from .._values import check_duration
 from ..layout.kv_table import INDEX_OFF, required_size
 from ..layout.kv_table_writer import KvTableFull, KvTableWriter, copy_into, grow_geometry
-from ..protocol import Call, Result
+from ..protocol import KV_OP_DELETE, KV_OP_PUT, Call, KvWrite, Result
 from ._journal import KV_DEL, KV_PUT
 from ._leases import LeaseState
 from ._segments import Segment
@@ -189,7 +189,6 @@ class KvState:
         journal = self.journal
         if journal is None:
             return self._store(bucket, key, value, rev)
-        before = self.table.get(bucket, key) if (bucket, key) not in self._dead else None
         if value is None:
             journal.append([KV_DEL, bucket, key, rev])
         else:
@@ -197,7 +196,8 @@ class KvState:
         journal.flush()
         try:
             return self._store(bucket, key, value, rev)
-        except Full:
+        except Full:  # the table refused it whole: what it holds is what was there
+            before = self.table.get(bucket, key) if (bucket, key) not in self._dead else None
             if before is None:
                 journal.append([KV_DEL, bucket, key, rev])
             else:
@@ -237,15 +237,19 @@ class KvState:
             )
         return self.put(bucket, key, value)
 
-    def delete(self, bucket: str, key: str) -> None:
+    def delete(self, bucket: str, key: str) -> int:
+        """The revision the delete took; 0 when the key was absent (then
+        nothing is written and no revision is taken)."""
         if self.current(bucket, key) is None:
-            return  # deleting an absent key writes nothing, takes no revision
+            return 0
         rev = self.revisions.get(bucket, 0) + 1
-        if self._journalled_store(bucket, key, None, rev):
-            self.revisions[bucket] = rev
-            self._dead.add((bucket, key))
-            if bucket in self.watchers:
-                self._notify(bucket, (key, b"", rev, True))
+        if not self._journalled_store(bucket, key, None, rev):
+            return 0
+        self.revisions[bucket] = rev
+        self._dead.add((bucket, key))
+        if bucket in self.watchers:
+            self._notify(bucket, (key, b"", rev, True))
+        return rev
 
     def keys(self, bucket: str) -> list[str]:
         return sorted(self.table.keys(bucket))
@@ -367,7 +371,10 @@ _valid: set[tuple[str, str]] = set()  # (bucket, key) pairs that passed validati
 
 
 def _names(a: dict[str, Any]) -> tuple[str, str]:
-    bucket, key = a["bucket"], a["key"]
+    return _checked(a["bucket"], a["key"])
+
+
+def _checked(bucket: Any, key: Any) -> tuple[str, str]:
     if type(bucket) is str and type(key) is str and (bucket, key) in _valid:
         return bucket, key
     names = validate_bucket(bucket), validate_key(key)
@@ -377,14 +384,19 @@ def _names(a: dict[str, Any]) -> tuple[str, str]:
     return names
 
 
-def _value(b: Broker, a: dict[str, Any]) -> bytes:
-    value = a["value"]
-    if not isinstance(value, bytes):
-        raise InvalidArgument("value", type(value).__name__, "must be bytes")
+def kv_write(b: Broker, ev: KvWrite) -> int:
+    """Carry out a ``KvWrite``: the revision it took (0: a delete of an
+    absent key). Raises the ``BusError`` its answer carries."""
+    bucket, key = _checked(ev.bucket, ev.key)
+    if ev.op == KV_OP_DELETE:
+        return b.kv.delete(bucket, key)
+    value = ev.value
     limit = b.config.max_payload
     if len(value) > limit:
         raise PayloadTooLarge(len(value), limit)
-    return value
+    if ev.op == KV_OP_PUT:
+        return b.kv.put(bucket, key, value)
+    return b.kv.cas(bucket, key, value, ev.expected)
 
 
 def _int(a: dict[str, Any], name: str) -> int:
@@ -401,25 +413,6 @@ def _c_info(b: Broker, s: Session, ev: Call, now: float) -> object:
 def _c_get(b: Broker, s: Session, ev: Call, now: float) -> object:
     found = b.kv.table.get(*_names(ev.args))
     return None if found is None else list(found)
-
-
-def _c_put(b: Broker, s: Session, ev: Call, now: float) -> object:
-    bucket, key = _names(ev.args)
-    return b.kv.put(bucket, key, _value(b, ev.args))
-
-
-def _c_cas(b: Broker, s: Session, ev: Call, now: float) -> object:
-    bucket, key = _names(ev.args)
-    value = _value(b, ev.args)
-    expected = ev.args["expected"]
-    if expected is not None:
-        expected = _int(ev.args, "expected")
-    return b.kv.cas(bucket, key, value, expected)
-
-
-def _c_delete(b: Broker, s: Session, ev: Call, now: float) -> object:
-    b.kv.delete(*_names(ev.args))
-    return None
 
 
 def _c_keys(b: Broker, s: Session, ev: Call, now: float) -> object:
@@ -464,9 +457,6 @@ def _c_release(b: Broker, s: Session, ev: Call, now: float) -> object:
 KV_CALLS: Final[dict[str, Callable[[Broker, Session, Call, float], object]]] = {
     "kv_info": _c_info,
     "kv_get": _c_get,
-    "kv_put": _c_put,
-    "kv_cas": _c_cas,
-    "kv_delete": _c_delete,
     "kv_keys": _c_keys,
     "kv_watch": _c_watch,
     "kv_watch_next": _c_watch_next,

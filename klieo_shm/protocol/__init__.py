@@ -24,6 +24,8 @@ from ._events import Error as Error
 from ._events import Event as Event
 from ._events import Hello as Hello
 from ._events import Incoming as Incoming
+from ._events import KvWrite as KvWrite
+from ._events import KvWritten as KvWritten
 from ._events import PubAck as PubAck
 from ._events import PublishBatch as PublishBatch
 from ._events import Respond as Respond
@@ -34,6 +36,9 @@ from ._frames import ACK_KIND_ACK as ACK_KIND_ACK
 from ._frames import ACK_KIND_NAK as ACK_KIND_NAK
 from ._frames import ACK_KIND_PROGRESS as ACK_KIND_PROGRESS
 from ._frames import ACK_KIND_TERM as ACK_KIND_TERM
+from ._frames import KV_OP_CAS as KV_OP_CAS
+from ._frames import KV_OP_DELETE as KV_OP_DELETE
+from ._frames import KV_OP_PUT as KV_OP_PUT
 from ._frames import MAX_BATCH as MAX_BATCH
 from ._frames import PUBACK_FULL as PUBACK_FULL
 from ._frames import PUBACK_OK as PUBACK_OK

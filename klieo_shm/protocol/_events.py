@@ -3,8 +3,8 @@
 Control events travel as a msgpack array ``[op, field1, field2, ...]`` in a
 ``KIND_CONTROL`` frame; ``_CONTROL_SCHEMA`` lists each op's fields and their
 types, and is the only place the wire order of fields is written down. The
-hot-path events (``PublishBatch``, ``PubAck``, ``DeliverBatch``, ``AckBatch``)
-use the fixed layouts of ``_frames``.
+hot-path events (``PublishBatch``, ``PubAck``, ``DeliverBatch``, ``AckBatch``,
+``KvWrite``, ``KvWritten``) use the fixed layouts of ``_frames``.
 
 Who sends what (checked by ``_connection``):
 
@@ -23,6 +23,8 @@ PublishBatch   client  messages whose payloads lie in the client's tx arena
 PubAck         server  verdict on one PublishBatch, in batch order
 DeliverBatch   server  deliveries whose payloads lie in the broker's store
 AckBatch       client  ranges of delivery ids acked, nak'ed, termed, touched
+KvWrite        client  a numbered KV put, cas or delete (a fixed layout)
+KvWritten      server  the revision a ``KvWrite`` took (its errors: ``Result``)
 =============  ======  =====================================================
 """
 
@@ -40,6 +42,8 @@ __all__ = [
     "Event",
     "Hello",
     "Incoming",
+    "KvWrite",
+    "KvWritten",
     "PubAck",
     "PublishBatch",
     "Respond",
@@ -190,6 +194,31 @@ class AckBatch:
     ranges: list[tuple[int, ...]]
 
 
+@dataclass(frozen=True, slots=True)
+class KvWrite:
+    """Client -> server: KV write ``call_id``; ``op`` is one of ``KV_OP_PUT``,
+    ``KV_OP_CAS`` (``expected``: the revision the key must be at, ``None``:
+    it must be absent) and ``KV_OP_DELETE`` (``value`` empty). Answered by a
+    ``KvWritten`` or, when it fails, by a ``Result`` carrying the error, with
+    the same ``call_id``; names and limits are the broker's to check."""
+
+    call_id: int
+    op: int
+    bucket: str
+    key: str
+    value: bytes
+    expected: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KvWritten:
+    """Server -> client: ``KvWrite`` ``call_id`` took ``revision`` (0: a
+    delete of an absent key, which writes nothing)."""
+
+    call_id: int
+    revision: int
+
+
 Event: TypeAlias = (
     Hello
     | Welcome
@@ -203,6 +232,8 @@ Event: TypeAlias = (
     | PubAck
     | DeliverBatch
     | AckBatch
+    | KvWrite
+    | KvWritten
 )
 
 ControlEvent: TypeAlias = Hello | Welcome | Call | Result | Incoming | Respond | StreamEnd | Error

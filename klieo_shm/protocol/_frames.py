@@ -22,10 +22,16 @@ Bodies by kind:
   ``hdr_len`` header bytes followed by ``pay_len`` payload bytes.
 * ``KIND_ACK`` -- ``ACK_HEAD`` then ``count`` x ``ACK_DESC``: ranges of
   delivery ids ``[first, first + n)`` resolved the same way.
+* ``KIND_KV_WRITE`` -- ``KV_WRITE_HEAD`` then the bucket and the key (UTF-8)
+  then the value (the rest of the body): a KV put, cas or delete, answered
+  like a ``Call`` of the same ``call_id``.
+* ``KIND_KV_WRITTEN`` -- ``KV_WRITTEN``: the revision a KV write took (an
+  error answers with a ``Result`` instead).
 
 Fixed layouts (all little-endian, no padding) keep the hot paths free of
 per-message msgpack: the broker unpacks descriptor arrays with
-``struct.iter_unpack`` and packs them with one ``struct.pack`` per batch.
+``struct.iter_unpack`` and packs them with one ``struct.pack`` per batch, and
+a KV write costs one ``struct`` call each way instead of a msgpack map.
 """
 
 from __future__ import annotations
@@ -49,8 +55,16 @@ __all__ = [
     "KIND_ACK",
     "KIND_CONTROL",
     "KIND_DELIVER",
+    "KIND_KV_WRITE",
+    "KIND_KV_WRITTEN",
     "KIND_PUBACK",
     "KIND_PUBLISH",
+    "KV_OPS",
+    "KV_OP_CAS",
+    "KV_OP_DELETE",
+    "KV_OP_PUT",
+    "KV_WRITE_HEAD",
+    "KV_WRITTEN",
     "MAX_BATCH",
     "MIN_MAX_FRAME",
     "MSG_DESC",
@@ -73,8 +87,20 @@ KIND_PUBLISH: Final = 2
 KIND_PUBACK: Final = 3
 KIND_DELIVER: Final = 4
 KIND_ACK: Final = 5
-FrameKind = Literal[1, 2, 3, 4, 5]
-_KINDS: Final = frozenset((KIND_CONTROL, KIND_PUBLISH, KIND_PUBACK, KIND_DELIVER, KIND_ACK))
+KIND_KV_WRITE: Final = 6
+KIND_KV_WRITTEN: Final = 7
+FrameKind = Literal[1, 2, 3, 4, 5, 6, 7]
+_KINDS: Final = frozenset(
+    (
+        KIND_CONTROL,
+        KIND_PUBLISH,
+        KIND_PUBACK,
+        KIND_DELIVER,
+        KIND_ACK,
+        KIND_KV_WRITE,
+        KIND_KV_WRITTEN,
+    )
+)
 
 MIN_MAX_FRAME: Final = 64 * 1024
 """No connection may set its frame limit below this."""
@@ -112,6 +138,17 @@ ACK_KIND_NAK: Final = 1
 ACK_KIND_TERM: Final = 2
 ACK_KIND_PROGRESS: Final = 3
 ACK_KINDS: Final = frozenset((ACK_KIND_ACK, ACK_KIND_NAK, ACK_KIND_TERM, ACK_KIND_PROGRESS))
+
+KV_WRITE_HEAD: Final = struct.Struct("<QBBHHQ")
+"""call_id u64, op u8 (KV_OP_*), has_expected u8 (0/1; cas only), bucket_len
+u16, key_len u16, expected u64 (the revision a cas expects; 0 unless
+has_expected)."""
+KV_OP_PUT: Final = 0
+KV_OP_CAS: Final = 1
+KV_OP_DELETE: Final = 2
+KV_OPS: Final = frozenset((KV_OP_PUT, KV_OP_CAS, KV_OP_DELETE))
+KV_WRITTEN: Final = struct.Struct("<QQ")
+"""call_id u64, revision u64 (0: a delete of an absent key, which takes none)."""
 
 
 def encode_frame(kind: int, body: bytes | bytearray | memoryview, max_frame: int) -> bytes:

@@ -67,6 +67,8 @@ from ..protocol import (
     Event,
     Hello,
     Incoming,
+    KvWrite,
+    KvWritten,
     PubAck,
     PublishBatch,
     Result,
@@ -228,6 +230,9 @@ class ShmClient:
         self._arena_waiters: list[asyncio.Future[None]] = []
         self._handshake: asyncio.Future[Welcome] | None = None
         self._lost: BusError | None = None
+        # The loop of this connection: on Python 3.11 every
+        # ``asyncio.get_running_loop()`` costs a getpid() syscall.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- connection ----------------------------------------------------------
     @property
@@ -284,7 +289,7 @@ class ShmClient:
         (a new generation); on failure leaves nothing open."""
         self._teardown()
         self._reset()
-        loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         try:
             transport, proto = await loop.create_unix_connection(
                 lambda: _Proto(self), self.socket_path
@@ -436,6 +441,10 @@ class ShmClient:
                     return
                 if isinstance(ev, Result):
                     self._on_result(ev)
+                elif isinstance(ev, KvWritten):
+                    fut = self._calls.pop(ev.call_id, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(ev.revision)
                 elif isinstance(ev, DeliverBatch):
                     self.on_deliver(ev)
                 elif isinstance(ev, PubAck):
@@ -540,7 +549,7 @@ class ShmClient:
         self._out.append(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            (self._loop or asyncio.get_running_loop()).call_soon(self._flush)
 
     def send(self, event: Event) -> None:
         """Queue ``event`` after everything queued before it (acks, publishes).
@@ -564,7 +573,7 @@ class ShmClient:
                 self._write_out()
             else:
                 self._flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush)
+                (self._loop or asyncio.get_running_loop()).call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -588,14 +597,30 @@ class ShmClient:
         future of its ``Result`` value. ``waits``: the broker may hold the
         answer on purpose (a claim on an empty queue, a watch's next
         changes), so a spinning loop does not spin for it."""
-        call_id = next(self._call_ids)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        call_id, fut = self._new_call()
         if waits:
             self._waits += 1
             fut.add_done_callback(self._wait_done)
-        self._calls[call_id] = fut
         self.send(Call(call_id, method, args))
         return call_id, fut
+
+    def _new_call(self) -> tuple[int, asyncio.Future[Any]]:
+        call_id = next(self._call_ids)
+        fut: asyncio.Future[Any] = (self._loop or asyncio.get_running_loop()).create_future()
+        self._calls[call_id] = fut
+        return call_id, fut
+
+    async def kv_write(
+        self, op: int, bucket: str, key: str, value: bytes, expected: int | None = None
+    ) -> int:
+        """Send a ``KvWrite`` (``op``: a ``KV_OP_*``); the revision it took,
+        or the error its ``Result`` carries."""
+        if not self.connected:
+            await self.ensure()
+        call_id, fut = self._new_call()
+        self.send(KvWrite(call_id, op, bucket, key, value, expected))
+        revision: int = await fut
+        return revision
 
     async def call(
         self,
@@ -665,7 +690,7 @@ class ShmClient:
         acks.append((delivery_id, 1, kind, delay_ms))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            (self._loop or asyncio.get_running_loop()).call_soon(self._flush)
 
     def _pack_acks(self) -> None:
         acks = self._acks
@@ -682,7 +707,7 @@ class ShmClient:
         (or fails with ``Full``/``Closed``). The caller has called
         :meth:`ensure` and checked the payload limit."""
         self._check_usable()
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         self._batch.append((subject, headers, payload, fut))
         if not self._flush_scheduled:

@@ -9,10 +9,12 @@ client asks ``kv_info`` for the current segment and remaps. A ``get`` that
 keeps racing a writer (``KvReadContended``, not expected in practice) asks
 the broker instead.
 
-Writes, ``keys``, watches and leases are calls to the broker (see
-``daemon._kv``). Values travel inline in the call (one copy through the
-socket, bounded by ``max_payload``), not through the tx arena: the arena's
-ring is freed in publish-ack order, which a KV call does not follow.
+Writes (put, cas, delete) are ``KvWrite`` frames, answered by the revision
+taken (a fixed layout each way, no msgpack); ``keys``, watches and leases
+are calls to the broker (see ``daemon._kv``). Values travel inline in the
+frame (one copy through the socket, bounded by ``max_payload``), not through
+the tx arena: the arena's ring is freed in publish-ack order, which a KV
+write does not follow.
 
 A watch is a stream the broker feeds over the control connection: a pump
 task keeps one ``kv_watch_next`` call outstanding, which the broker answers
@@ -53,6 +55,7 @@ from .._values import (
     check_duration,
 )
 from ..layout.kv_table import KvReadContended, KvTableReader, KvTableRetired
+from ..protocol import KV_OP_CAS, KV_OP_DELETE, KV_OP_PUT
 from ._client import ConnectionInterrupted, ShmClient
 from ._maps import Mapping
 from ._queue import ItemQueue
@@ -258,8 +261,7 @@ class ShmKvStore(KvStore):
         if not client.connected:
             await client.ensure()
         self._check_size(data)
-        rev = await client.call("kv_put", {"bucket": bucket, "key": key, "value": data})
-        return int(rev)
+        return await client.kv_write(KV_OP_PUT, bucket, key, data)
 
     async def cas(self, bucket: str, key: str, value: bytes, expected: Revision | None) -> Revision:
         if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int)):
@@ -269,12 +271,11 @@ class ShmKvStore(KvStore):
         if not client.connected:
             await client.ensure()
         self._check_size(data)
-        args = {"bucket": bucket, "key": key, "value": data, "expected": expected}
-        return int(await client.call("kv_cas", args))
+        return await client.kv_write(KV_OP_CAS, bucket, key, data, expected)
 
     async def delete(self, bucket: str, key: str) -> None:
         self._check(bucket, key)
-        await self._client.call("kv_delete", {"bucket": bucket, "key": key})
+        await self._client.kv_write(KV_OP_DELETE, bucket, key, b"")
 
     async def keys(self, bucket: str) -> list[str]:
         validate_bucket(bucket)

@@ -9,8 +9,18 @@ import msgpack
 import pytest
 from protocol_helpers import Link, raw_control, raw_frame
 
-from klieo_shm.protocol import CLOSED, Call, Error, RemoteProtocolError
-from klieo_shm.protocol._frames import MAX_BATCH
+from klieo_shm.protocol import (
+    CLOSED,
+    KV_OP_CAS,
+    KV_OP_DELETE,
+    KV_OP_PUT,
+    Call,
+    Error,
+    KvWrite,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from klieo_shm.protocol._frames import KIND_KV_WRITE, KIND_KV_WRITTEN, KV_WRITE_HEAD, MAX_BATCH
 
 
 def _expect_remote_error(link: Link, data: bytes, match: str) -> None:
@@ -75,6 +85,44 @@ def test_ack_with_unknown_kind(ready: Link) -> None:
 def test_ack_with_trailing_bytes(ready: Link) -> None:
     body = struct.pack("<I", 0) + b"x"
     _expect_remote_error(ready, raw_frame(5, body), "trailing")
+
+
+def _kv_write(op: int, has_expected: int, bucket: bytes, key: bytes, value: bytes) -> bytes:
+    head = KV_WRITE_HEAD.pack(1, op, has_expected, len(bucket), len(key), 0)
+    return raw_frame(KIND_KV_WRITE, head + bucket + key + value)
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (raw_frame(KIND_KV_WRITE, b"\0" * 5), "truncated kv write"),
+        (_kv_write(9, 0, b"b", b"k", b""), "unknown kv write op 9"),
+        (_kv_write(KV_OP_PUT, 1, b"b", b"k", b"v"), "has_expected 1"),
+        (_kv_write(KV_OP_CAS, 2, b"b", b"k", b"v"), "has_expected 2"),
+        (_kv_write(KV_OP_DELETE, 0, b"b", b"k", b"v"), "carries 1 value bytes"),
+        (_kv_write(KV_OP_PUT, 0, b"b\xff", b"k", b""), "not UTF-8"),
+        (
+            raw_frame(KIND_KV_WRITE, KV_WRITE_HEAD.pack(1, KV_OP_PUT, 0, 10, 10, 0) + b"short"),
+            "names do not fit",
+        ),
+    ],
+    ids=["truncated", "unknown-op", "expected-on-put", "bad-flag", "delete-value", "utf8", "fit"],
+)
+def test_malformed_kv_write(ready: Link, data: bytes, match: str) -> None:
+    _expect_remote_error(ready, data, match)
+
+
+def test_kv_written_of_the_wrong_size(ready: Link) -> None:
+    ready.client.receive_data(raw_frame(KIND_KV_WRITTEN, b"\0" * 15))
+    with pytest.raises(RemoteProtocolError, match="kv written frame of 15 bytes"):
+        ready.client.next_event()
+    assert ready.client.state == "ERROR"
+
+
+def test_kv_frames_of_the_wrong_direction(ready: Link) -> None:
+    with pytest.raises(LocalProtocolError, match="cannot send KvWrite in state READY"):
+        ready.server.send(KvWrite(1, KV_OP_PUT, "b", "k", b""))
+    _expect_remote_error(ready, raw_frame(KIND_KV_WRITTEN, b"\0" * 16), "KvWritten in state")
 
 
 def test_truncated_frame_header_waits_for_more(ready: Link) -> None:

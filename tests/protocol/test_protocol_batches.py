@@ -9,11 +9,16 @@ from protocol_helpers import Link
 from klieo_shm.protocol import (
     ACK_KIND_ACK,
     ACK_KIND_NAK,
+    KV_OP_CAS,
+    KV_OP_DELETE,
+    KV_OP_PUT,
     PUBACK_OK,
     AckBatch,
     Call,
     Connection,
     DeliverBatch,
+    KvWrite,
+    KvWritten,
     PubAck,
     PublishBatch,
     Respond,
@@ -42,6 +47,37 @@ def test_puback_deliver_and_ack_round_trip(ready: Link) -> None:
     [got_ack] = ready.c2s(ack)
     assert isinstance(got_ack, AckBatch)
     assert got_ack.ranges == ack.ranges
+
+
+@given(
+    call_id=st.integers(min_value=0, max_value=2**64 - 1),
+    op=st.sampled_from([KV_OP_PUT, KV_OP_CAS, KV_OP_DELETE]),
+    bucket=st.text(max_size=40),
+    key=st.text(max_size=40),
+    value=st.binary(max_size=300),
+    expected=st.none() | st.integers(min_value=0, max_value=2**64 - 1),
+    revision=st.integers(min_value=0, max_value=2**64 - 1),
+)
+def test_kv_write_and_written_round_trip(
+    call_id: int,
+    op: int,
+    bucket: str,
+    key: str,
+    value: bytes,
+    expected: int | None,
+    revision: int,
+) -> None:
+    link = Link()
+    link.handshake()
+    if op != KV_OP_CAS:
+        expected = None
+    if op == KV_OP_DELETE:
+        value = b""
+    bucket = bucket.encode("utf-8", "replace").decode()  # no lone surrogates: not UTF-8
+    key = key.encode("utf-8", "replace").decode()
+    write = KvWrite(call_id, op, bucket, key, value, expected)
+    assert link.c2s(write) == [write]
+    assert link.s2c(KvWritten(call_id, revision)) == [KvWritten(call_id, revision)]
 
 
 @given(

@@ -243,6 +243,29 @@ async def test_kv_values_revisions_and_leases_survive(broker: DaemonProcess, soc
         await mine.release()
 
 
+async def test_a_write_the_full_table_refused_leaves_the_old_value_after_a_restart(
+    sock: str,
+) -> None:
+    d = DaemonProcess(sock, "--kv-size", "64K", "--kv-max-size", "128K")
+    d.start()
+    try:
+        async with bus_on(sock) as bus:
+            kv = bus.kv
+            rev = await kv.put("cap", "k", b"old")
+            with pytest.raises(klieo_shm.Full):
+                await kv.put("cap", "k", b"x" * 200_000)  # journalled, then refused
+            with pytest.raises(klieo_shm.Full):
+                await kv.put("cap", "gone", b"x" * 200_000)  # a new key: refused too
+            restart(d)
+            await settle(bus)
+
+            assert await kv.get("cap", "k") == klieo_shm.KvEntry(b"old", rev)
+            assert await kv.get("cap", "gone") is None
+            assert await kv.keys("cap") == ["k"]
+    finally:
+        d.stop()
+
+
 async def test_a_clean_restart_keeps_claims_and_a_torn_tail_is_ignored(
     broker: DaemonProcess, sock: str
 ) -> None:

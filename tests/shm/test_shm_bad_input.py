@@ -13,10 +13,15 @@ from shm_helpers import SMALL, RawClient
 from klieo_shm.layout import SLOT
 from klieo_shm.protocol import (
     ACK_KIND_ACK,
+    KV_OP_CAS,
+    KV_OP_DELETE,
+    KV_OP_PUT,
     PROTOCOL_VERSION,
     AckBatch,
     Call,
     Error,
+    KvWrite,
+    KvWritten,
     PublishBatch,
     Result,
 )
@@ -147,4 +152,28 @@ def test_bad_call_arguments_get_an_error_result_not_a_crash(daemon: str) -> None
         assert res.error_type == "InvalidArgument"
         client.send(Call(3, "subscribe", {}))
         _expect_closed_with(client, "bad arguments")
+    _broker_still_serves(daemon)
+
+
+def test_bad_kv_writes_get_an_error_result_and_the_connection_stays(daemon: str) -> None:
+    limit = SMALL["max_payload"]
+    with RawClient(daemon) as client:
+        client.hello()
+        client.send(KvWrite(1, KV_OP_PUT, "bad bucket", "k", b"v"))
+        client.send(KvWrite(2, KV_OP_CAS, "b", "k*", b"v", None))
+        client.send(KvWrite(3, KV_OP_PUT, "b", "k", b"x" * (limit + 1)))
+        client.send(KvWrite(4, KV_OP_CAS, "b", "k", b"v", 7))
+        client.send(KvWrite(5, KV_OP_PUT, "b", "k", b"v"))
+        client.send(KvWrite(6, KV_OP_DELETE, "b", "absent", b""))
+        got = client.read(6)
+        assert [type(e).__name__ for e in got] == ["Result"] * 4 + ["KvWritten"] * 2
+        assert [getattr(e, "error_type", "") for e in got[:4]] == [
+            "InvalidArgument",
+            "InvalidArgument",
+            "PayloadTooLarge",
+            "Conflict",
+        ]
+        assert [e.call_id for e in got] == [1, 2, 3, 4, 5, 6]  # type: ignore[union-attr]
+        assert got[4] == KvWritten(5, 1)
+        assert got[5] == KvWritten(6, 0)  # an absent key: no revision taken
     _broker_still_serves(daemon)
