@@ -228,7 +228,8 @@ class Journal:
     def append(self, record: list[Any], tail: bytes = b"") -> None:
         """Queue ``record`` and its raw ``tail``; they reach the file at the
         next :meth:`flush`."""
-        self._out += frame_parts(self._pack(record), tail)
+        parts = frame_parts(self._pack(record), tail)
+        self._out += parts if tail else parts[:2]
 
     def sync_with(self, companion: Callable[[], None] | None) -> None:
         """Call ``companion`` (which syncs memory the records name, e.g. the
@@ -316,7 +317,7 @@ def _write_all(fd: int, parts: list[bytes | memoryview]) -> int:
     the bytes written (a short write is finished, never left half done)."""
     total = 0
     for i in range(0, len(parts), IOV_MAX):
-        batch = parts[i : i + IOV_MAX]
+        batch = parts[i : i + IOV_MAX] if len(parts) > IOV_MAX else parts
         want = sum(map(len, batch))
         done = os.writev(fd, batch)
         total += want

@@ -106,6 +106,21 @@ class ValueSpace:
                 return start
         return -1
 
+    def reuse(self, need: int, now: float) -> tuple[int, int] | None:
+        """The oldest retired record, taken straight out of limbo, when its
+        grace period is over and it fits ``need`` as ``alloc`` would cut it
+        (``need <= size < need + MIN_BLOCK``); else ``None``. The common case
+        of a value rewritten at the same size then skips freeing, merging
+        and splitting."""
+        limbo = self.limbo
+        if limbo:
+            due, start, size = limbo[0]
+            if due <= now and need <= size < need + MIN_BLOCK:
+                limbo.popleft()
+                self.limbo_bytes -= size
+                return start, size
+        return None
+
     def retire(self, start: int, size: int, now: float) -> None:
         self.limbo.append((now + self.grace_s, start, size))
         self.limbo_bytes += size

@@ -279,8 +279,6 @@ class KvTableWriter:
         need = (RECORD_HEADER_SIZE + nlen + vlen + 7) // 8 * 8
         now = self._clock()
         space = self._space
-        if space.limbo and space.limbo[0][0] <= now:
-            space.reclaim(now)
         stolen: tuple[str, str] | None = None
         tag = 0
         if ent is None:
@@ -289,7 +287,12 @@ class KvTableWriter:
             slot, stolen = self._find_slot(h)
         else:
             slot = ent.slot
-        got = space.alloc(need)
+        got = None
+        if space.limbo and space.limbo[0][0] <= now:
+            got = space.reuse(need, now)
+            space.reclaim(now)
+        if got is None:
+            got = space.alloc(need)
         if got is None and space.limbo:
             space.flush()
             got = space.alloc(need)

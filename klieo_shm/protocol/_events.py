@@ -1,4 +1,6 @@
-"""The events of the control protocol: frozen, slotted values.
+"""The events of the control protocol: slotted values, never changed once
+made (not ``frozen``: a frozen dataclass's ``__init__`` costs 4x, and one is
+made for every frame sent and received).
 
 Control events travel as a msgpack array ``[op, field1, field2, ...]`` in a
 ``KIND_CONTROL`` frame; ``_CONTROL_SCHEMA`` lists each op's fields and their
@@ -53,7 +55,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Hello:
     """Client -> server, first frame. ``pid`` is informational: the broker
     trusts only SO_PEERCRED."""
@@ -63,7 +65,7 @@ class Hello:
     name: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Welcome:
     """Server -> client: the handshake succeeded.
 
@@ -86,7 +88,7 @@ class Welcome:
     max_frame: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Call:
     """Client -> server: call ``method`` with ``args``; answered by one
     ``Result`` with the same ``call_id``."""
@@ -96,7 +98,7 @@ class Call:
     args: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Result:
     """Server -> client: the outcome of a ``Call``. ``error_type`` is empty on
     success; otherwise it names a klieo_shm error class and ``error_args``
@@ -108,7 +110,7 @@ class Result:
     error_args: list[Any] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Incoming:
     """Server -> client: a request for service ``svc_id`` to answer with
     ``Respond(req_id, ...)``."""
@@ -119,7 +121,7 @@ class Incoming:
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Respond:
     """Client -> server: the reply to ``Incoming`` ``req_id``. A non-empty
     ``error_type`` means the handler raised; ``payload`` is then its message."""
@@ -129,7 +131,7 @@ class Respond:
     error_type: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StreamEnd:
     """Server -> client: subscription ``sub_id`` ended for ``reason``."""
 
@@ -137,7 +139,7 @@ class StreamEnd:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Error:
     """Either way: a fatal error; the sender closes after sending it."""
 
@@ -145,7 +147,7 @@ class Error:
     message: str
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(slots=True, eq=False)
 class PublishBatch:
     """Client -> server. ``descs`` are ``(rel_off, hdr_len, pay_len,
     subj_len)`` tuples; ``subjects`` their subjects concatenated."""
@@ -157,7 +159,7 @@ class PublishBatch:
     subjects: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PubAck:
     """Server -> client: batch ``batch_no`` got sequences ``first_seq ..
     first_seq + count - 1`` (``status`` PUBACK_OK) or was refused."""
@@ -168,7 +170,7 @@ class PubAck:
     status: int
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(slots=True, eq=False)
 class DeliverBatch:
     """Server -> client. ``descs`` holds ``count`` packed ``DELIVER_DESC``
     entries (the broker builds them from per-message parts it packed once);
@@ -186,7 +188,7 @@ class DeliverBatch:
         return list(DELIVER_DESC.iter_unpack(self.descs))
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(slots=True, eq=False)
 class AckBatch:
     """Client -> server. ``ranges`` are ``(first_delivery_id, n, kind,
     delay_ms)`` tuples."""
@@ -194,7 +196,7 @@ class AckBatch:
     ranges: list[tuple[int, ...]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class KvWrite:
     """Client -> server: KV write ``call_id``; ``op`` is one of ``KV_OP_PUT``,
     ``KV_OP_CAS`` (``expected``: the revision the key must be at, ``None``:
@@ -210,7 +212,7 @@ class KvWrite:
     expected: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class KvWritten:
     """Server -> client: ``KvWrite`` ``call_id`` took ``revision`` (0: a
     delete of an absent key, which writes nothing)."""
