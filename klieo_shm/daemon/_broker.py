@@ -39,6 +39,8 @@ from ..protocol import (
     LocalProtocolError,
     PublishBatch,
     RemoteProtocolError,
+    Reply,
+    Request,
     Respond,
     Result,
     Welcome,
@@ -294,6 +296,8 @@ class Broker:
                     self._call(s, ev, now)
                 elif isinstance(ev, KvWrite):
                     self._kv_write(s, ev)
+                elif isinstance(ev, Request):
+                    self._request(s, ev, now)
                 elif ev is NEED_DATA:
                     return True
                 elif ev is CLOSED or isinstance(ev, Error):
@@ -451,8 +455,7 @@ class Broker:
                 raise InvalidArgument("method", ev.method, "unknown call")
             value = handler(self, s, ev, now)
         except BusError as exc:
-            name, args = error_to_wire(exc)
-            s.send(Result(ev.call_id, None, name, args))
+            _answer_error(s, ev.call_id, exc)
             return
         except (KeyError, TypeError, ValueError) as exc:
             raise RemoteProtocolError(f"bad arguments to {ev.method!r}: {exc!r}") from None
@@ -463,8 +466,7 @@ class Broker:
         try:
             revision = kv_write(self, ev)
         except BusError as exc:
-            name, args = error_to_wire(exc)
-            s.send(Result(ev.call_id, None, name, args))
+            _answer_error(s, ev.call_id, exc)
             return
         except ValueError as exc:  # the table refused the value: as a bad call argument
             raise RemoteProtocolError(f"bad kv write: {exc!r}") from None
@@ -514,25 +516,27 @@ class Broker:
         if not servers:
             self.services.pop(subject, None)
 
-    def _c_request(self, s: Session, ev: Call, now: float) -> object:
-        a = ev.args
-        subject = a["subject"]
-        payload = a["payload"]
-        if not isinstance(payload, bytes):
-            raise InvalidArgument("payload", type(payload).__name__, "must be bytes")
-        timeout = check_duration("timeout", a["timeout"])
-        # served subjects were validated by serve(): validate only on a miss
-        servers = self.services.get(subject) if isinstance(subject, str) else None
-        if not servers:
-            raise NotFound("server for subject", validate_subject(subject))
+    def _request(self, s: Session, ev: Request, now: float) -> None:
+        """Hand ``ev`` to one server of its subject (round robin); its
+        ``Respond`` becomes the requester's ``Reply``. No server: ``NotFound``
+        at once."""
+        try:
+            timeout = check_duration("timeout", ev.timeout)
+            subject = ev.subject
+            # served subjects were validated by serve(): validate only on a miss
+            servers = self.services.get(subject)
+            if not servers:
+                raise NotFound("server for subject", validate_subject(subject))
+        except BusError as exc:
+            _answer_error(s, ev.call_id, exc)
+            return
         self._rr += 1
         server, svc_id = servers[self._rr % len(servers)]
         req_id = next(self._req_ids)
         self.requests[req_id] = _Request(s, ev.call_id, server, subject, now + timeout)
         server.serving.add(req_id)
         s.asking.add(req_id)
-        server.send(Incoming(req_id, svc_id, subject, payload))
-        return _DEFER
+        server.send(Incoming(req_id, svc_id, subject, ev.payload))
 
     def _c_stats(self, s: Session, ev: Call, now: float) -> object:
         return {
@@ -566,11 +570,16 @@ class Broker:
             err = HandlerError(r.subject, ev.error_type, ev.payload.decode(errors="replace"))
             self._fail(r, err)
         else:
-            r.requester.send(Result(r.call_id, ev.payload))
+            r.requester.send(Reply(r.call_id, ev.payload))
 
     def _fail(self, r: _Request, exc: BusError) -> None:
-        name, args = error_to_wire(exc)
-        r.requester.send(Result(r.call_id, None, name, args))
+        _answer_error(r.requester, r.call_id, exc)
+
+
+def _answer_error(s: Session, call_id: int, exc: BusError) -> None:
+    """Answer call (or KV write, or request) ``call_id`` of ``s`` with ``exc``."""
+    name, args = error_to_wire(exc)
+    s.send(Result(call_id, None, name, args))
 
 
 _CALLS: Final[dict[str, Callable[[Broker, Session, Call, float], object]]] = {
@@ -580,7 +589,6 @@ _CALLS: Final[dict[str, Callable[[Broker, Session, Call, float], object]]] = {
     "delete_durable": Broker._c_delete_durable,
     "serve": Broker._c_serve,
     "unserve": Broker._c_unserve,
-    "request": Broker._c_request,
     "stats": Broker._c_stats,
     **job_calls(_DEFER),
     **KV_CALLS,

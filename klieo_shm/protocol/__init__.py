@@ -28,6 +28,8 @@ from ._events import KvWrite as KvWrite
 from ._events import KvWritten as KvWritten
 from ._events import PubAck as PubAck
 from ._events import PublishBatch as PublishBatch
+from ._events import Reply as Reply
+from ._events import Request as Request
 from ._events import Respond as Respond
 from ._events import Result as Result
 from ._events import StreamEnd as StreamEnd

@@ -17,7 +17,6 @@ error the connection is in state ``ERROR``: it may still ``send`` one
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from operator import itemgetter
 from typing import Any, Final, Literal, TypeAlias
@@ -38,11 +37,14 @@ from ._events import (
     KvWritten,
     PubAck,
     PublishBatch,
+    Reply,
+    Request,
     Respond,
     Result,
     StreamEnd,
     Welcome,
 )
+from ._fixed import DECODERS, ENCODERS
 from ._frames import (
     ACK_DESC,
     ACK_HEAD,
@@ -53,15 +55,8 @@ from ._frames import (
     KIND_ACK,
     KIND_CONTROL,
     KIND_DELIVER,
-    KIND_KV_WRITE,
-    KIND_KV_WRITTEN,
     KIND_PUBACK,
     KIND_PUBLISH,
-    KV_OP_CAS,
-    KV_OP_DELETE,
-    KV_OPS,
-    KV_WRITE_HEAD,
-    KV_WRITTEN,
     MAX_BATCH,
     MIN_MAX_FRAME,
     PUB_DESC,
@@ -84,7 +79,9 @@ __all__ = [
 PROTOCOL_VERSION: Final = 3
 """1: the first; 2: ``Welcome.store_name`` may be a file path (the store of a
 broker with a state directory), not only a POSIX shared-memory name; 3: KV
-puts, cas and deletes travel as ``KvWrite``/``KvWritten`` frames, not calls."""
+puts, cas and deletes travel as ``KvWrite``/``KvWritten`` frames, requests as
+``Request``/``Reply``, not calls; ``Incoming`` and ``Respond`` in fixed
+layouts, not msgpack."""
 DEFAULT_MAX_FRAME: Final = 1 << 20
 """Frame body limit until the handshake sets the connection's own."""
 
@@ -117,8 +114,8 @@ _HANDSHAKE: Final[dict[tuple[Role, State, str, type[Any]], State]] = {
 }
 # Events each role may send once READY (the peer receives the same set).
 _READY_SENDS: Final[dict[Role, frozenset[type[Any]]]] = {
-    "client": frozenset({Call, Respond, PublishBatch, AckBatch, KvWrite}),
-    "server": frozenset({Result, Incoming, StreamEnd, PubAck, DeliverBatch, KvWritten}),
+    "client": frozenset({Call, Respond, PublishBatch, AckBatch, KvWrite, Request}),
+    "server": frozenset({Result, Incoming, StreamEnd, PubAck, DeliverBatch, KvWritten, Reply}),
 }
 # An Error may be sent or received in every live state and ends the connection.
 _ERROR_FROM: Final[frozenset[State]] = frozenset(
@@ -270,12 +267,9 @@ def _encode_control(
 
 
 def _encode(event: Event, max_frame: int, packer: msgpack.Packer) -> bytes:
-    if isinstance(event, KvWrite):
-        return _encode_kv_write(event, max_frame)
-    if isinstance(event, KvWritten):
-        return FRAME_HEAD.pack(KV_WRITTEN.size, KIND_KV_WRITTEN) + KV_WRITTEN.pack(
-            event.call_id, event.revision
-        )
+    fixed = ENCODERS.get(type(event))
+    if fixed is not None:
+        return fixed(event, max_frame)
     if isinstance(event, PublishBatch):
         _check_batch(len(event.descs))
         body = b"".join(
@@ -304,59 +298,15 @@ def _encode(event: Event, max_frame: int, packer: msgpack.Packer) -> bytes:
     return _encode_control(packer, event, _CONTROL_FIELDS[type(event)], max_frame)
 
 
-def _encode_kv_write(event: KvWrite, max_frame: int) -> bytes:
-    expected = event.expected
-    try:
-        bucket, key = event.bucket.encode(), event.key.encode()
-        head = KV_WRITE_HEAD.pack(
-            event.call_id, event.op, expected is not None, len(bucket), len(key), expected or 0
-        )
-    except (struct.error, UnicodeEncodeError) as exc:
-        raise LocalProtocolError(f"cannot encode KvWrite: {exc}") from exc
-    n = KV_WRITE_HEAD.size + len(bucket) + len(key) + len(event.value)
-    if n > max_frame:
-        raise LocalProtocolError(f"frame body of {n} bytes is over the limit {max_frame}")
-    return b"".join((FRAME_HEAD.pack(n, KIND_KV_WRITE), head, bucket, key, event.value))
-
-
-def _decode_kv_write(body: bytes) -> KvWrite:
-    if len(body) < KV_WRITE_HEAD.size:
-        raise RemoteProtocolError(f"truncated kv write frame: {len(body)} bytes")
-    call_id, op, has_expected, bucket_len, key_len, expected = KV_WRITE_HEAD.unpack_from(body)
-    if op not in KV_OPS:
-        raise RemoteProtocolError(f"unknown kv write op {op}")
-    if has_expected > (op == KV_OP_CAS):
-        raise RemoteProtocolError(f"kv write op {op} with has_expected {has_expected}")
-    start = KV_WRITE_HEAD.size
-    key_start = start + bucket_len
-    value_start = key_start + key_len
-    if value_start > len(body):
-        raise RemoteProtocolError("kv write frame: the names do not fit")
-    try:
-        bucket = body[start:key_start].decode()
-        key = body[key_start:value_start].decode()
-    except UnicodeDecodeError as exc:
-        raise RemoteProtocolError(f"kv write frame: a name is not UTF-8: {exc}") from None
-    value = body[value_start:]
-    if op == KV_OP_DELETE and value:
-        raise RemoteProtocolError(f"kv delete frame carries {len(value)} value bytes")
-    return KvWrite(call_id, op, bucket, key, value, expected if has_expected else None)
-
-
 def _check_batch(n: int) -> None:
     if n > MAX_BATCH:
         raise LocalProtocolError(f"batch of {n} entries is over the limit {MAX_BATCH}")
 
 
 def _decode(kind: int, body: bytes) -> Event:
-    if kind == KIND_KV_WRITE:
-        return _decode_kv_write(body)
-    if kind == KIND_KV_WRITTEN:
-        if len(body) != KV_WRITTEN.size:
-            raise RemoteProtocolError(
-                f"kv written frame of {len(body)} bytes, expected {KV_WRITTEN.size}"
-            )
-        return KvWritten(*KV_WRITTEN.unpack(body))
+    fixed = DECODERS.get(kind)
+    if fixed is not None:
+        return fixed(body)
     if kind == KIND_PUBLISH:
         (batch_no, region_off, region_len, _), descs, subjects = iter_descriptors(
             body, PUB_HEAD, PUB_DESC, 3, "publish"

@@ -6,7 +6,8 @@ Control events travel as a msgpack array ``[op, field1, field2, ...]`` in a
 ``KIND_CONTROL`` frame; ``_CONTROL_SCHEMA`` lists each op's fields and their
 types, and is the only place the wire order of fields is written down. The
 hot-path events (``PublishBatch``, ``PubAck``, ``DeliverBatch``, ``AckBatch``,
-``KvWrite``, ``KvWritten``) use the fixed layouts of ``_frames``.
+``KvWrite``, ``KvWritten``, ``Request``, ``Incoming``, ``Respond``, ``Reply``)
+use the fixed layouts of ``_frames``.
 
 Who sends what (checked by ``_connection``):
 
@@ -15,10 +16,12 @@ event          sender  meaning
 =============  ======  =====================================================
 Hello          client  first frame: protocol version, pid, a display name
 Welcome        server  handshake accepted: segment names and limits
-Call           client  a numbered call (subscribe, serve, request, ...)
+Call           client  a numbered call (subscribe, serve, ...)
 Result         server  the answer to ``Call`` ``call_id``: value or error
+Request        client  a numbered request (a fixed layout)
 Incoming       server  a request for a service this client serves
 Respond        client  the reply (or handler error) to an ``Incoming``
+Reply          server  the reply to ``Request`` ``call_id`` (errors: ``Result``)
 StreamEnd      server  a subscription ended by the broker (durable deleted)
 Error          either  fatal: the sender closes the connection after it
 PublishBatch   client  messages whose payloads lie in the client's tx arena
@@ -48,6 +51,8 @@ __all__ = [
     "KvWritten",
     "PubAck",
     "PublishBatch",
+    "Reply",
+    "Request",
     "Respond",
     "Result",
     "StreamEnd",
@@ -108,6 +113,26 @@ class Result:
     value: Any
     error_type: str = ""
     error_args: list[Any] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Request:
+    """Client -> server: request ``call_id`` on ``subject``, failed by the
+    broker with ``Timeout`` after ``timeout`` seconds; answered by a
+    ``Reply`` or by a ``Result`` carrying the error."""
+
+    call_id: int
+    subject: str
+    payload: bytes
+    timeout: float
+
+
+@dataclass(slots=True)
+class Reply:
+    """Server -> client: the reply to ``Request`` ``call_id``."""
+
+    call_id: int
+    payload: bytes
 
 
 @dataclass(slots=True)
@@ -236,9 +261,11 @@ Event: TypeAlias = (
     | AckBatch
     | KvWrite
     | KvWritten
+    | Request
+    | Reply
 )
 
-ControlEvent: TypeAlias = Hello | Welcome | Call | Result | Incoming | Respond | StreamEnd | Error
+ControlEvent: TypeAlias = Hello | Welcome | Call | Result | StreamEnd | Error
 
 CONTROL_OPS: Final[dict[str, tuple[type[Any], tuple[tuple[str, type | tuple[type, ...]], ...]]]] = {
     "hello": (Hello, (("version", int), ("pid", int), ("name", str))),
@@ -260,11 +287,6 @@ CONTROL_OPS: Final[dict[str, tuple[type[Any], tuple[tuple[str, type | tuple[type
         Result,
         (("call_id", int), ("value", object), ("error_type", str), ("error_args", list)),
     ),
-    "incoming": (
-        Incoming,
-        (("req_id", int), ("svc_id", int), ("subject", str), ("payload", bytes)),
-    ),
-    "respond": (Respond, (("req_id", int), ("payload", bytes), ("error_type", str))),
     "end": (StreamEnd, (("sub_id", int), ("reason", str))),
     "error": (Error, (("code", str), ("message", str))),
 }

@@ -27,11 +27,20 @@ Bodies by kind:
   like a ``Call`` of the same ``call_id``.
 * ``KIND_KV_WRITTEN`` -- ``KV_WRITTEN``: the revision a KV write took (an
   error answers with a ``Result`` instead).
+* ``KIND_REQUEST`` -- ``REQUEST_HEAD`` then the subject (UTF-8) then the
+  payload: a request, answered like a ``Call`` of the same ``call_id``.
+* ``KIND_INCOMING`` -- ``INCOMING_HEAD`` then the subject then the payload:
+  a request handed to one server of its subject.
+* ``KIND_RESPOND`` -- ``RESPOND_HEAD`` then the error type (ASCII, empty on
+  success) then the payload (the reply, or the handler's error message).
+* ``KIND_REPLY`` -- ``REPLY_HEAD`` then the reply payload (an error answers
+  the request with a ``Result`` instead).
 
 Fixed layouts (all little-endian, no padding) keep the hot paths free of
 per-message msgpack: the broker unpacks descriptor arrays with
 ``struct.iter_unpack`` and packs them with one ``struct.pack`` per batch, and
-a KV write costs one ``struct`` call each way instead of a msgpack map.
+a KV write or a request costs one ``struct`` call per hop instead of a
+msgpack map.
 """
 
 from __future__ import annotations
@@ -52,13 +61,18 @@ __all__ = [
     "DELIVER_HEAD",
     "DELIVER_ID",
     "FRAME_HEAD",
+    "INCOMING_HEAD",
     "KIND_ACK",
     "KIND_CONTROL",
     "KIND_DELIVER",
+    "KIND_INCOMING",
     "KIND_KV_WRITE",
     "KIND_KV_WRITTEN",
     "KIND_PUBACK",
     "KIND_PUBLISH",
+    "KIND_REPLY",
+    "KIND_REQUEST",
+    "KIND_RESPOND",
     "KV_OPS",
     "KV_OP_CAS",
     "KV_OP_DELETE",
@@ -73,6 +87,9 @@ __all__ = [
     "PUBACK_OK",
     "PUB_DESC",
     "PUB_HEAD",
+    "REPLY_HEAD",
+    "REQUEST_HEAD",
+    "RESPOND_HEAD",
     "FrameKind",
     "encode_frame",
     "iter_descriptors",
@@ -89,7 +106,11 @@ KIND_DELIVER: Final = 4
 KIND_ACK: Final = 5
 KIND_KV_WRITE: Final = 6
 KIND_KV_WRITTEN: Final = 7
-FrameKind = Literal[1, 2, 3, 4, 5, 6, 7]
+KIND_REQUEST: Final = 8
+KIND_INCOMING: Final = 9
+KIND_RESPOND: Final = 10
+KIND_REPLY: Final = 11
+FrameKind = Literal[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
 _KINDS: Final = frozenset(
     (
         KIND_CONTROL,
@@ -99,6 +120,10 @@ _KINDS: Final = frozenset(
         KIND_ACK,
         KIND_KV_WRITE,
         KIND_KV_WRITTEN,
+        KIND_REQUEST,
+        KIND_INCOMING,
+        KIND_RESPOND,
+        KIND_REPLY,
     )
 )
 
@@ -149,6 +174,15 @@ KV_OP_DELETE: Final = 2
 KV_OPS: Final = frozenset((KV_OP_PUT, KV_OP_CAS, KV_OP_DELETE))
 KV_WRITTEN: Final = struct.Struct("<QQ")
 """call_id u64, revision u64 (0: a delete of an absent key, which takes none)."""
+
+REQUEST_HEAD: Final = struct.Struct("<QdH")
+"""call_id u64, timeout f64 (seconds), subject_len u16."""
+INCOMING_HEAD: Final = struct.Struct("<QIH")
+"""req_id u64, svc_id u32, subject_len u16."""
+RESPOND_HEAD: Final = struct.Struct("<QH")
+"""req_id u64, error_type_len u16."""
+REPLY_HEAD: Final = struct.Struct("<Q")
+"""call_id u64."""
 
 
 def encode_frame(kind: int, body: bytes | bytearray | memoryview, max_frame: int) -> bytes:

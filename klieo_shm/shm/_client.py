@@ -44,7 +44,7 @@ import itertools
 import logging
 import os
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, ClassVar, Final, TypeVar
 
 import posix_ipc
@@ -71,6 +71,8 @@ from ..protocol import (
     KvWritten,
     PubAck,
     PublishBatch,
+    Reply,
+    Request,
     Result,
     StreamEnd,
     Welcome,
@@ -442,9 +444,9 @@ class ShmClient:
                 if isinstance(ev, Result):
                     self._on_result(ev)
                 elif isinstance(ev, KvWritten):
-                    fut = self._calls.pop(ev.call_id, None)
-                    if fut is not None and not fut.done():
-                        fut.set_result(ev.revision)
+                    self._answer(ev.call_id, ev.revision)
+                elif isinstance(ev, Reply):
+                    self._answer(ev.call_id, ev.payload)
                 elif isinstance(ev, DeliverBatch):
                     self.on_deliver(ev)
                 elif isinstance(ev, PubAck):
@@ -508,6 +510,11 @@ class ShmClient:
         for w in self._arena_waiters:
             if not w.done():
                 w.set_result(None)
+
+    def _answer(self, call_id: int, value: Any) -> None:
+        fut = self._calls.pop(call_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(value)
 
     def _on_result(self, ev: Result) -> None:
         fut = self._calls.pop(ev.call_id, None)
@@ -590,59 +597,69 @@ class ShmClient:
             self._transport.write(out[0] if len(out) == 1 else b"".join(out))
         out.clear()
 
-    def start_call(
-        self, method: str, args: dict[str, Any], *, waits: bool = False
+    def start(
+        self, make: Callable[[int], Event], *, waits: bool = False
     ) -> tuple[int, asyncio.Future[Any]]:
-        """Send a ``Call`` now (the client must be connected); its id and the
-        future of its ``Result`` value. ``waits``: the broker may hold the
-        answer on purpose (a claim on an empty queue, a watch's next
-        changes), so a spinning loop does not spin for it."""
-        call_id, fut = self._new_call()
+        """Send ``make(call_id)`` now (the client must be connected): a
+        ``Call``, ``KvWrite`` or ``Request``, whose answer (a ``Result``,
+        ``KvWritten`` or ``Reply``) resolves the returned future. ``waits``:
+        the broker may hold the answer on purpose (a claim on an empty
+        queue, a watch's next changes), so a spinning loop does not spin for
+        it."""
+        call_id = next(self._call_ids)
+        fut: asyncio.Future[Any] = (self._loop or asyncio.get_running_loop()).create_future()
         if waits:
             self._waits += 1
             fut.add_done_callback(self._wait_done)
-        self.send(Call(call_id, method, args))
-        return call_id, fut
-
-    def _new_call(self) -> tuple[int, asyncio.Future[Any]]:
-        call_id = next(self._call_ids)
-        fut: asyncio.Future[Any] = (self._loop or asyncio.get_running_loop()).create_future()
         self._calls[call_id] = fut
+        self.send(make(call_id))
         return call_id, fut
 
-    async def kv_write(
-        self, op: int, bucket: str, key: str, value: bytes, expected: int | None = None
-    ) -> int:
-        """Send a ``KvWrite`` (``op``: a ``KV_OP_*``); the revision it took,
-        or the error its ``Result`` carries."""
+    def start_call(
+        self, method: str, args: dict[str, Any], *, waits: bool = False
+    ) -> tuple[int, asyncio.Future[Any]]:
+        """:meth:`start` of a ``Call`` of ``method`` with ``args``."""
+        return self.start(lambda call_id: Call(call_id, method, args), waits=waits)
+
+    async def exchange(
+        self, make: Callable[[int], Event], timeout: float | None = None, *, waits: bool = False
+    ) -> Any:
+        """Connect if need be, :meth:`start`, and return the answer's value
+        (or raise the error its ``Result`` carries); ``TimeoutError`` when
+        none comes within ``timeout`` seconds."""
         if not self.connected:
             await self.ensure()
-        call_id, fut = self._new_call()
-        self.send(KvWrite(call_id, op, bucket, key, value, expected))
-        revision: int = await fut
-        return revision
+        call_id, fut = self.start(make, waits=waits)
+        if timeout is None:
+            return await fut
+        timer = (self._loop or asyncio.get_running_loop()).call_later(timeout, _expire, fut)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
+            self._calls.pop(call_id, None)
 
-    async def call(
+    def call(
         self,
         method: str,
         args: dict[str, Any],
         timeout: float | None = None,
         *,
         waits: bool = False,
-    ) -> Any:
-        """Send a ``Call`` and return the ``Result`` value (or raise its
-        error); ``waits``: see :meth:`start_call`."""
-        if not self.connected:
-            await self.ensure()
-        call_id, fut = self.start_call(method, args, waits=waits)
-        if timeout is None:
-            return await fut
-        timer = asyncio.get_running_loop().call_later(timeout, _expire, fut)
-        try:
-            return await fut
-        finally:
-            timer.cancel()
-            self._calls.pop(call_id, None)
+    ) -> Coroutine[Any, Any, Any]:
+        """:meth:`exchange` of a ``Call``: the ``Result`` value."""
+        return self.exchange(lambda call_id: Call(call_id, method, args), timeout, waits=waits)
+
+    def kv_write(
+        self, op: int, bucket: str, key: str, value: bytes, expected: int | None = None
+    ) -> Coroutine[Any, Any, int]:
+        """:meth:`exchange` of a ``KvWrite`` (``op``: a ``KV_OP_*``): the
+        revision it took."""
+        return self.exchange(lambda call_id: KvWrite(call_id, op, bucket, key, value, expected))
+
+    def request(self, subject: str, payload: bytes, timeout: float) -> Coroutine[Any, Any, bytes]:
+        """:meth:`exchange` of a ``Request``: the reply's payload."""
+        return self.exchange(lambda call_id: Request(call_id, subject, payload, timeout), timeout)
 
     async def call_direct(self, method: str, args: dict[str, Any]) -> Any:
         """``call`` on the current connection without waiting for it to be

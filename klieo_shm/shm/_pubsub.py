@@ -274,14 +274,10 @@ class ShmRequestReply(RequestReply):
             await client.ensure()
         if len(data) > client.max_payload:
             raise PayloadTooLarge(len(data), client.max_payload)
-        args = {"subject": subject, "payload": data, "timeout": timeout}
         try:
-            value = await client.call("request", args, timeout=timeout)
+            return await client.request(subject, data, timeout)
         except TimeoutError:
             raise Timeout(f"request on {subject!r}", timeout) from None
-        if not isinstance(value, bytes):
-            raise BusError(f"malformed reply to request on {subject!r}")
-        return value
 
     async def serve(self, subject: str, handler: Handler) -> Service:
         validate_subject(subject)

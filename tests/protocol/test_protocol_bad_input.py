@@ -20,7 +20,19 @@ from klieo_shm.protocol import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from klieo_shm.protocol._frames import KIND_KV_WRITE, KIND_KV_WRITTEN, KV_WRITE_HEAD, MAX_BATCH
+from klieo_shm.protocol._frames import (
+    INCOMING_HEAD,
+    KIND_INCOMING,
+    KIND_KV_WRITE,
+    KIND_KV_WRITTEN,
+    KIND_REPLY,
+    KIND_REQUEST,
+    KIND_RESPOND,
+    KV_WRITE_HEAD,
+    MAX_BATCH,
+    REQUEST_HEAD,
+    RESPOND_HEAD,
+)
 
 
 def _expect_remote_error(link: Link, data: bytes, match: str) -> None:
@@ -110,6 +122,37 @@ def _kv_write(op: int, has_expected: int, bucket: bytes, key: bytes, value: byte
 )
 def test_malformed_kv_write(ready: Link, data: bytes, match: str) -> None:
     _expect_remote_error(ready, data, match)
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (raw_frame(KIND_REQUEST, b"\0" * 17), "truncated request"),
+        (raw_frame(KIND_REQUEST, REQUEST_HEAD.pack(1, 1.0, 5) + b"a.b"), "names do not fit"),
+        (raw_frame(KIND_REQUEST, REQUEST_HEAD.pack(1, 1.0, 2) + b"\xc3("), "not UTF-8"),
+        (raw_frame(KIND_RESPOND, b"\0" * 9), "truncated respond"),
+        (raw_frame(KIND_RESPOND, RESPOND_HEAD.pack(1, 9) + b"Oops"), "names do not fit"),
+    ],
+    ids=["request-truncated", "request-fit", "request-utf8", "respond-truncated", "respond-fit"],
+)
+def test_malformed_request_or_respond(ready: Link, data: bytes, match: str) -> None:
+    _expect_remote_error(ready, data, match)
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (raw_frame(KIND_INCOMING, b"\0" * 13), "truncated incoming"),
+        (raw_frame(KIND_INCOMING, INCOMING_HEAD.pack(1, 1, 4) + b"a"), "names do not fit"),
+        (raw_frame(KIND_REPLY, b"\0" * 7), "truncated reply"),
+    ],
+    ids=["incoming-truncated", "incoming-fit", "reply-truncated"],
+)
+def test_malformed_incoming_or_reply_from_the_server(ready: Link, data: bytes, match: str) -> None:
+    ready.client.receive_data(data)
+    with pytest.raises(RemoteProtocolError, match=match):
+        ready.client.next_event()
+    assert ready.client.state == "ERROR"
 
 
 def test_kv_written_of_the_wrong_size(ready: Link) -> None:

@@ -17,10 +17,13 @@ from klieo_shm.protocol import (
     Call,
     Connection,
     DeliverBatch,
+    Incoming,
     KvWrite,
     KvWritten,
     PubAck,
     PublishBatch,
+    Reply,
+    Request,
     Respond,
 )
 from klieo_shm.protocol._frames import DELIVER_DESC
@@ -78,6 +81,29 @@ def test_kv_write_and_written_round_trip(
     write = KvWrite(call_id, op, bucket, key, value, expected)
     assert link.c2s(write) == [write]
     assert link.s2c(KvWritten(call_id, revision)) == [KvWritten(call_id, revision)]
+
+
+@given(
+    call_id=st.integers(min_value=0, max_value=2**64 - 1),
+    svc_id=st.integers(min_value=0, max_value=2**32 - 1),
+    subject=st.text(max_size=60),
+    error_type=st.text(max_size=30),
+    payload=st.binary(max_size=300),
+    timeout=st.floats(allow_nan=False),
+)
+def test_request_incoming_respond_and_reply_round_trip(
+    call_id: int, svc_id: int, subject: str, error_type: str, payload: bytes, timeout: float
+) -> None:
+    link = Link()
+    link.handshake()
+    subject = subject.encode("utf-8", "replace").decode()  # no lone surrogates: not UTF-8
+    error_type = error_type.encode("utf-8", "replace").decode()
+    request = Request(call_id, subject, payload, timeout)
+    respond = Respond(call_id, payload, error_type)
+    incoming = Incoming(call_id, svc_id, subject, payload)
+    reply = Reply(call_id, payload)
+    assert link.c2s(request, respond) == [request, respond]
+    assert link.s2c(incoming, reply) == [incoming, reply]
 
 
 @given(

@@ -20,9 +20,13 @@ from klieo_shm.protocol import (
     AckBatch,
     Call,
     Error,
+    Incoming,
     KvWrite,
     KvWritten,
     PublishBatch,
+    Reply,
+    Request,
+    Respond,
     Result,
 )
 from klieo_shm.shm._maps import Mapping
@@ -176,4 +180,39 @@ def test_bad_kv_writes_get_an_error_result_and_the_connection_stays(daemon: str)
         assert [e.call_id for e in got] == [1, 2, 3, 4, 5, 6]  # type: ignore[union-attr]
         assert got[4] == KvWritten(5, 1)
         assert got[5] == KvWritten(6, 0)  # an absent key: no revision taken
+    _broker_still_serves(daemon)
+
+
+def test_bad_requests_get_an_error_result_and_the_connection_stays(daemon: str) -> None:
+    with RawClient(daemon) as client:
+        client.hello()
+        client.send(Request(1, "a..b", b"x", 1.0))
+        client.send(Request(2, "nobody.serves", b"x", 1.0))
+        client.send(Request(3, "nobody.serves", b"x", float("nan")))
+        client.send(Request(4, "nobody.serves", b"x", -1.0))
+        got = client.read(4)
+        assert [getattr(e, "error_type", "") for e in got] == [
+            "InvalidArgument",
+            "NotFound",
+            "InvalidArgument",
+            "InvalidArgument",
+        ]
+        assert [e.call_id for e in got] == [1, 2, 3, 4]  # type: ignore[union-attr]
+    _broker_still_serves(daemon)
+
+
+def test_a_reply_to_a_request_sent_elsewhere_is_refused(daemon: str) -> None:
+    with RawClient(daemon) as server, RawClient(daemon) as intruder, RawClient(daemon) as asker:
+        for c in (server, intruder, asker):
+            c.hello()
+        server.send(Call(1, "serve", {"subject": "svc.a", "svc_id": 7}))
+        assert server.read(1) == [Result(1, {})]
+        asker.send(Request(1, "svc.a", b"ping", 30.0))
+        [incoming] = server.read(1)
+        assert isinstance(incoming, Incoming)
+        assert (incoming.svc_id, incoming.subject, incoming.payload) == (7, "svc.a", b"ping")
+        intruder.send(Respond(incoming.req_id, b"forged"))
+        _expect_closed_with(intruder, "not sent to you")
+        server.send(Respond(incoming.req_id, b"pong"))
+        assert asker.read(1) == [Reply(1, b"pong")]
     _broker_still_serves(daemon)
