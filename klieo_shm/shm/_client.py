@@ -582,6 +582,22 @@ class ShmClient:
                 self._flush_scheduled = True
                 (self._loop or asyncio.get_running_loop()).call_soon(self._flush)
 
+    @property
+    def queued(self) -> bool:
+        """Whether encoded frames wait to be written."""
+        return bool(self._out)
+
+    def write_now(self) -> None:
+        """Write what is queued (events, acks, publishes) now, not at the end
+        of this loop turn; nothing while not connected."""
+        if self.connected:
+            self._flush()
+
+    def current(self, gen: int) -> bool:
+        """Whether connection generation ``gen`` is the live connection (an
+        answer to something that came on ``gen`` can still be sent)."""
+        return self.gen == gen and self._lost is None and self._transport is not None
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         self._idle = True

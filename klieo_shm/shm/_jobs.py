@@ -174,9 +174,8 @@ class ShmJobQueue(JobQueue):
         """End of the loop turn that queued resolutions: write them out now,
         ahead of what other buses of this process send later."""
         self._drain()
-        client = self._client
-        if client._out and client.connected:
-            client._flush()
+        if self._client.queued:
+            self._client.write_now()
 
     def _drain(self) -> None:
         """Send the queued resolutions now (before the caller's next frame).
@@ -282,8 +281,7 @@ class ShmJobQueue(JobQueue):
                     answer.add_done_callback(functools.partial(_enqueued, queue, chunk))
                 else:
                     self._spawn(self._enqueue_later(queue, chunk, args))
-        if client.connected:
-            client._flush()  # this turn's batches go out now, in one write
+        client.write_now()  # this turn's batches go out now, in one write
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -364,7 +362,7 @@ class ShmJobQueue(JobQueue):
             gen = client.gen
             sent = time.monotonic()
             task = self._call_nowait("jobs_claim", args, waits=self._claim_wait > 0)
-            client._flush()
+            client.write_now()
             try:
                 answer = await asyncio.shield(task)
                 break

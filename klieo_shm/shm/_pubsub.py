@@ -343,7 +343,7 @@ class ShmRequestReply(RequestReply):
         generation); a reply for a lost connection goes nowhere (the broker
         failed the request when the connection went)."""
         client = self._client
-        if client.gen == gen and client._lost is None and client._transport is not None:
+        if client.current(gen):
             with contextlib.suppress(BusError):
                 client.send(resp)
 
