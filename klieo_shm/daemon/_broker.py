@@ -482,11 +482,11 @@ class Broker:
         ack_wait = a.get("ack_wait")
         if ack_wait is not None:
             ack_wait = check_duration("ack_wait", ack_wait, positive=True)
-        self.pubsub.subscribe(s, int(a["sub_id"]), pattern, durable, ack_wait)
+        self.pubsub.subscribe(s, _u32(a, "sub_id"), pattern, durable, ack_wait)
         return {}
 
     def _c_unsubscribe(self, s: Session, ev: Call, now: float) -> object:
-        self.pubsub.unsubscribe(s, int(ev.args["sub_id"]), now)
+        self.pubsub.unsubscribe(s, _u32(ev.args, "sub_id"), now)
         return {}
 
     def _c_delete_durable(self, s: Session, ev: Call, now: float) -> object:
@@ -495,7 +495,7 @@ class Broker:
 
     def _c_serve(self, s: Session, ev: Call, now: float) -> object:
         subject = validate_subject(ev.args["subject"])
-        svc_id = int(ev.args["svc_id"])
+        svc_id = _u32(ev.args, "svc_id")
         if svc_id in s.services:
             raise InvalidArgument("svc_id", svc_id, "already in use on this connection")
         s.services[svc_id] = subject
@@ -503,7 +503,7 @@ class Broker:
         return {}
 
     def _c_unserve(self, s: Session, ev: Call, now: float) -> object:
-        self._unserve(s, int(ev.args["svc_id"]))
+        self._unserve(s, _u32(ev.args, "svc_id"))
         return {}
 
     def _unserve(self, s: Session, svc_id: int) -> None:
@@ -574,6 +574,15 @@ class Broker:
 
     def _fail(self, r: _Request, exc: BusError) -> None:
         _answer_error(r.requester, r.call_id, exc)
+
+
+def _u32(args: dict[str, Any], name: str) -> int:
+    """An id the client picks that fixed-layout frames carry as a u32
+    (``DeliverBatch.sub_id``, ``Incoming.svc_id``)."""
+    value = args[name]
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0xFFFF_FFFF:
+        raise InvalidArgument(name, value, "must be an int from 0 to 2**32 - 1")
+    return value
 
 
 def _answer_error(s: Session, call_id: int, exc: BusError) -> None:

@@ -239,7 +239,7 @@ class KvState:
 
     def delete(self, bucket: str, key: str) -> int:
         """The revision the delete took; 0 when the key was absent (then
-        nothing is written and no revision is taken)."""
+        no revision is taken, and nothing is written)."""
         if self.current(bucket, key) is None:
             return 0
         rev = self.revisions.get(bucket, 0) + 1

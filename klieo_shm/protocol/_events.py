@@ -7,7 +7,7 @@ Control events travel as a msgpack array ``[op, field1, field2, ...]`` in a
 types, and is the only place the wire order of fields is written down. The
 hot-path events (``PublishBatch``, ``PubAck``, ``DeliverBatch``, ``AckBatch``,
 ``KvWrite``, ``KvWritten``, ``Request``, ``Incoming``, ``Respond``, ``Reply``)
-use the fixed layouts of ``_frames``.
+use the fixed layouts of ``_frames`` (coded in ``_frames`` and ``_fixed``).
 
 Who sends what (checked by ``_connection``):
 
@@ -105,9 +105,10 @@ class Call:
 
 @dataclass(slots=True)
 class Result:
-    """Server -> client: the outcome of a ``Call``. ``error_type`` is empty on
-    success; otherwise it names a klieo_shm error class and ``error_args``
-    holds its constructor arguments."""
+    """Server -> client: the outcome of a ``Call``, or the error of a
+    ``KvWrite`` or ``Request``. ``error_type`` is empty on success; otherwise
+    it names a klieo_shm error class and ``error_args`` holds its
+    constructor arguments."""
 
     call_id: int
     value: Any

@@ -110,6 +110,8 @@ def _dec_kv_write(body: bytes) -> KvWrite:
         raise RemoteProtocolError(f"unknown kv write op {op}")
     if has_expected > (op == KV_OP_CAS):
         raise RemoteProtocolError(f"kv write op {op} with has_expected {has_expected}")
+    if expected and not has_expected:
+        raise RemoteProtocolError(f"kv write with expected {expected} but has_expected 0")
     if op == KV_OP_DELETE and value:
         raise RemoteProtocolError(f"kv delete frame carries {len(value)} value bytes")
     return KvWrite(call_id, op, bucket, key, value, expected if has_expected else None)

@@ -31,7 +31,7 @@ Bodies by kind:
   payload: a request, answered like a ``Call`` of the same ``call_id``.
 * ``KIND_INCOMING`` -- ``INCOMING_HEAD`` then the subject then the payload:
   a request handed to one server of its subject.
-* ``KIND_RESPOND`` -- ``RESPOND_HEAD`` then the error type (ASCII, empty on
+* ``KIND_RESPOND`` -- ``RESPOND_HEAD`` then the error type (UTF-8, empty on
   success) then the payload (the reply, or the handler's error message).
 * ``KIND_REPLY`` -- ``REPLY_HEAD`` then the reply payload (an error answers
   the request with a ``Result`` instead).

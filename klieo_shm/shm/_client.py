@@ -628,7 +628,13 @@ class ShmClient:
             self._waits += 1
             fut.add_done_callback(self._wait_done)
         self._calls[call_id] = fut
-        self.send(make(call_id))
+        try:
+            self.send(make(call_id))
+        except BaseException:
+            self._calls.pop(call_id, None)
+            if waits:
+                fut.cancel()  # runs _wait_done
+            raise
         return call_id, fut
 
     def start_call(

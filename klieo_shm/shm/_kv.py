@@ -41,7 +41,7 @@ from typing import Any, Final
 
 import posix_ipc
 
-from .._errors import BusError, Closed, InvalidArgument, PayloadTooLarge
+from .._errors import BusError, Closed, Conflict, InvalidArgument, PayloadTooLarge
 from .._handles import KvWatch, Lease
 from .._interfaces import KvStore
 from .._names import validate_bucket, validate_key, validate_key_pattern
@@ -64,6 +64,7 @@ __all__ = ["ShmKvStore"]
 
 _VALID_CACHE: Final = 10_000
 _REMAP_ATTEMPTS: Final = 16
+_U64_MAX: Final = 0xFFFF_FFFF_FFFF_FFFF
 
 
 class _Watch(ItemQueue[KvChange]):
@@ -271,7 +272,18 @@ class ShmKvStore(KvStore):
         if not client.connected:
             await client.ensure()
         self._check_size(data)
-        return await client.kv_write(KV_OP_CAS, bucket, key, data, expected)
+        # the frame carries a u64; no revision lies outside it, nor is 0
+        wire = expected if expected is None or 0 <= expected <= _U64_MAX else 0
+        try:
+            return await client.kv_write(KV_OP_CAS, bucket, key, data, wire)
+        except Conflict as exc:
+            if wire == expected:
+                raise
+            raise Conflict(
+                f"key {key!r} of bucket {bucket!r} is at revision {exc.current}, not {expected}",
+                expected=expected,
+                current=exc.current,
+            ) from None
 
     async def delete(self, bucket: str, key: str) -> None:
         self._check(bucket, key)

@@ -275,9 +275,12 @@ class ShmRequestReply(RequestReply):
         if len(data) > client.max_payload:
             raise PayloadTooLarge(len(data), client.max_payload)
         try:
-            return await client.request(subject, data, timeout)
+            value = await client.request(subject, data, timeout)
         except TimeoutError:
             raise Timeout(f"request on {subject!r}", timeout) from None
+        if not isinstance(value, bytes):  # a Result, not a Reply, answered it
+            raise BusError(f"malformed reply to request on {subject!r}")
+        return value
 
     async def serve(self, subject: str, handler: Handler) -> Service:
         validate_subject(subject)

@@ -145,3 +145,15 @@ def test_ttl_expiry_ends_a_lease_at_the_next_tick_and_tokens_keep_increasing() -
 
     assert leases.grants == {}
     assert leases.tokens[("b", "k")] == 7
+
+
+@pytest.mark.parametrize("expected", [-1, 2**64, 0])
+async def test_cas_with_a_revision_no_key_can_have_is_a_conflict(
+    daemon: str, expected: int
+) -> None:
+    async with await klieo_shm.connect(f"shm://{daemon}") as bus:
+        rev = await bus.kv.put("c", "k", b"v")
+        with pytest.raises(klieo_shm.Conflict) as caught:
+            await bus.kv.cas("c", "k", b"w", expected)
+        assert (caught.value.expected, caught.value.current) == (expected, rev)
+        assert await bus.kv.cas("c", "k", b"w", rev) == rev + 1

@@ -216,3 +216,24 @@ def test_a_reply_to_a_request_sent_elsewhere_is_refused(daemon: str) -> None:
         server.send(Respond(incoming.req_id, b"pong"))
         assert asker.read(1) == [Reply(1, b"pong")]
     _broker_still_serves(daemon)
+
+
+@pytest.mark.parametrize(
+    ("method", "args"),
+    [
+        ("serve", {"subject": "svc.a", "svc_id": -1}),
+        ("serve", {"subject": "svc.a", "svc_id": 2**32}),
+        ("subscribe", {"subject": "a.b", "durable": "d", "sub_id": 2**32}),
+        ("unsubscribe", {"sub_id": True}),
+    ],
+    ids=["svc-negative", "svc-u32", "sub-u32", "sub-bool"],
+)
+def test_ids_that_frames_cannot_carry_are_refused(daemon: str, method: str, args: dict) -> None:
+    with RawClient(daemon) as client:
+        client.hello()
+        client.send(Call(1, method, args))
+        [res] = client.read(1)
+        assert isinstance(res, Result)
+        assert res.error_type == "InvalidArgument"
+        assert "2**32 - 1" in str(res.error_args)
+    _broker_still_serves(daemon)

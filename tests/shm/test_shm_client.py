@@ -9,7 +9,8 @@ import pytest
 from shm_helpers import running_broker
 
 import klieo_shm
-from klieo_shm.shm import ShmPubsub
+from klieo_shm.protocol import KV_OP_CAS, KvWrite
+from klieo_shm.shm import ShmKvStore, ShmPubsub
 
 
 async def test_forked_child_reconnects_and_leaves_the_parent_connection_alone(sock: str) -> None:
@@ -40,6 +41,20 @@ async def test_forked_child_reconnects_and_leaves_the_parent_connection_alone(so
         assert msg is not None
         assert msg.payload == b"parent-still-works"
         await bus.close()
+
+
+async def test_an_operation_that_cannot_be_encoded_leaves_nothing_awaited(sock: str) -> None:
+    async with running_broker(sock), await klieo_shm.connect(f"shm://{sock}") as bus:
+        kv = bus.kv
+        assert isinstance(kv, ShmKvStore)
+        client = kv._client
+        assert await kv.put("enc", "k", b"v") == 1
+
+        with pytest.raises(klieo_shm.ProtocolError, match="cannot encode KvWrite"):
+            client.start(lambda call_id: KvWrite(call_id, KV_OP_CAS, "enc", "k", b"w", 2**64))
+
+        assert not client._awaiting()  # a spinning loop would spin for it for ever
+        assert await kv.put("enc", "k", b"w") == 2
 
 
 async def test_deleting_a_durable_ends_its_members_streams(sock: str) -> None:
