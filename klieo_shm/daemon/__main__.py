@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import sys
 from collections.abc import Callable
+from typing import Final
 
 from .._spin import SpinningEventLoop
 from ._config import (
@@ -27,7 +29,15 @@ from ._config import (
 )
 from ._server import serve_forever
 
-__all__ = ["main", "parse_size"]
+__all__ = ["GC_THRESHOLDS", "main", "parse_size"]
+
+GC_THRESHOLDS: Final = (50_000, 20, 20)
+"""The broker's ``gc.set_threshold``. It makes a few tuples per message, so
+Python's default (700, 10, 10) runs a young collection every few hundred
+messages; with these, 1 publisher and 1 subscriber moved 219-223k msgs/s
+against 193-202k (3 alternating runs of 1.5M messages each). Reference
+cycles are rare here (a session and its members, freed at disconnect), so
+they only wait a little longer."""
 
 
 def parse_size(text: str) -> int:
@@ -162,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             fsync_interval=args.fsync_interval,
             spin_us=args.spin_us,
         )
+        gc.set_threshold(*GC_THRESHOLDS)
         with asyncio.Runner(loop_factory=_loop_factory(config)) as runner:
             runner.run(serve_forever(config, args.ready_fd))
     except (ValueError, RuntimeError, OSError) as exc:
