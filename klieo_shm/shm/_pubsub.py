@@ -365,5 +365,9 @@ class ShmRequestReply(RequestReply):
                 self._subjects.pop(svc_id, None)
 
     def end_all(self) -> None:
+        """Stop serving: the bus closed or gave up reconnecting. Handlers
+        still running are cancelled; their replies could not go out."""
         self._handlers.clear()
         self._subjects.clear()
+        for task in list(self._tasks):
+            task.cancel()

@@ -57,6 +57,31 @@ async def test_an_operation_that_cannot_be_encoded_leaves_nothing_awaited(sock: 
         assert await kv.put("enc", "k", b"w") == 2
 
 
+async def test_closing_a_bus_cancels_its_handlers_still_running(sock: str) -> None:
+    async with running_broker(sock), await klieo_shm.connect(f"shm://{sock}") as asker:
+        server = await klieo_shm.connect(f"shm://{sock}")
+        started, cancelled = asyncio.Event(), asyncio.Event()
+
+        async def handler(data: bytes) -> bytes:
+            started.set()
+            try:
+                await asyncio.Event().wait()  # never answers
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+            return data
+
+        await server.requests.serve("slow.x", handler)
+        request = asyncio.ensure_future(asker.requests.request("slow.x", b"x", 30.0))
+        await asyncio.wait_for(started.wait(), 10)
+
+        await server.close()
+
+        await asyncio.wait_for(cancelled.wait(), 10)
+        with pytest.raises(klieo_shm.BusError):  # the server went away mid-request
+            await asyncio.wait_for(request, 10)
+
+
 async def test_deleting_a_durable_ends_its_members_streams(sock: str) -> None:
     async with running_broker(sock):
         bus = await klieo_shm.connect(f"shm://{sock}")
