@@ -21,6 +21,8 @@ from typing import Final
 
 import posix_ipc
 
+from .._unmap import unmap
+
 __all__ = ["SHM_DIR", "FileSegment", "Segment", "map_readonly", "remove_stale"]
 
 SHM_DIR: Final = "/dev/shm"
@@ -124,11 +126,7 @@ class FileSegment:
 
 def _unmap(seg: Segment | FileSegment) -> None:
     view, seg.view = seg.view, memoryview(b"")
-    try:
-        view.release()
-        seg._map.close()
-    except BufferError:  # a slice is still alive somewhere: the GC unmaps it
-        pass
+    unmap(view, seg._map)
 
 
 def map_readonly(path: str) -> mmap.mmap:

@@ -266,8 +266,6 @@ Event: TypeAlias = (
     | Reply
 )
 
-ControlEvent: TypeAlias = Hello | Welcome | Call | Result | StreamEnd | Error
-
 CONTROL_OPS: Final[dict[str, tuple[type[Any], tuple[tuple[str, type | tuple[type, ...]], ...]]]] = {
     "hello": (Hello, (("version", int), ("pid", int), ("name", str))),
     "welcome": (
@@ -292,5 +290,3 @@ CONTROL_OPS: Final[dict[str, tuple[type[Any], tuple[tuple[str, type | tuple[type
     "error": (Error, (("code", str), ("message", str))),
 }
 """op -> (event class, ((field, accepted type(s)), ...)) in wire order."""
-
-OP_OF: Final[dict[type[Any], str]] = {cls: op for op, (cls, _) in CONTROL_OPS.items()}

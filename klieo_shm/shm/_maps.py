@@ -13,6 +13,8 @@ import os
 
 import posix_ipc
 
+from .._unmap import unmap
+
 __all__ = ["Mapping"]
 
 
@@ -48,8 +50,4 @@ class Mapping:
     def close(self) -> None:
         """Unmap. Idempotent; a still-referenced slice keeps it mapped until GC."""
         view, self.view = self.view, memoryview(b"")
-        try:
-            view.release()
-            self._map.close()
-        except BufferError:  # a slice is still alive somewhere: the GC unmaps it
-            pass
+        unmap(view, self._map)
