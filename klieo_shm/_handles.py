@@ -11,11 +11,11 @@ argument checks — so an impl only carries out an operation.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import Generic, Protocol, TypeVar
 
-from ._errors import AlreadyAcknowledged, Timeout
+from ._errors import AlreadyAcknowledged, InvalidArgument, Timeout
 from ._values import Headers, JobId, KvChange, check_duration
 
 __all__ = [
@@ -30,6 +30,8 @@ __all__ = [
     "Service",
     "ServiceImpl",
     "StreamImpl",
+    "claim_impl",
+    "take_for_ack",
 ]
 
 T = TypeVar("T")
@@ -374,3 +376,28 @@ class ClaimedJob(_Resolvable):
         """Move the job to the dead letters now, with ``reason``."""
         self._claim_resolution("job", "dead_letter")
         await self._impl.dead_letter(str(reason))
+
+
+def take_for_ack(jobs: Iterable[ClaimedJob]) -> list[ClaimedJob]:
+    """``jobs`` as a list, each now resolved by ``ack``: the checks of
+    :meth:`ClaimedJob.ack` for a batch, all done before any job is marked.
+    :class:`~klieo_shm.AlreadyAcknowledged` if one is resolved already or
+    listed twice, :class:`~klieo_shm.InvalidArgument` if one is not a
+    :class:`ClaimedJob`; then no job is marked."""
+    batch = list(jobs)
+    seen: set[int] = set()
+    for job in batch:
+        if not isinstance(job, ClaimedJob):
+            raise InvalidArgument("jobs", type(job).__name__, "must hold ClaimedJob objects")
+        job._check_open("job")
+        if id(job) in seen:
+            raise AlreadyAcknowledged("job", "ack")
+        seen.add(id(job))
+    for job in batch:
+        job._resolved_by = "ack"
+    return batch
+
+
+def claim_impl(job: ClaimedJob) -> ClaimImpl:
+    """The backend side of ``job`` (for a backend's batch operations)."""
+    return job._impl

@@ -6,10 +6,20 @@ suite in ``tests/conformance`` checks each rule against each backend.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
-from ._handles import ClaimedJob, KvWatch, Lease, MsgStream, Service
-from ._values import DeadLetter, Headers, Job, JobId, KvEntry, QueueStats, Revision
+from ._errors import Conflict
+from ._handles import ClaimedJob, KvWatch, Lease, MsgStream, Service, claim_impl, take_for_ack
+from ._values import (
+    DeadLetter,
+    Headers,
+    Job,
+    JobId,
+    KvEntry,
+    QueueStats,
+    Revision,
+    check_batch,
+)
 
 __all__ = ["Handler", "JobQueue", "KvStore", "Pubsub", "RequestReply"]
 
@@ -145,6 +155,40 @@ class JobQueue(ABC):
     async def claim(self, queue: str, worker_id: str, lease_ttl: float) -> ClaimedJob | None:
         """Claim a ready job for ``lease_ttl`` seconds, waiting a short bounded
         time (about a second) for one; ``None`` if none came."""
+
+    async def claim_many(
+        self, queue: str, worker_id: str, lease_ttl: float, max_jobs: int
+    ) -> list[ClaimedJob]:
+        """Claim up to ``max_jobs`` ready jobs in one go, as JetStream's
+        ``fetch(batch)`` and Redis's ``XREADGROUP COUNT`` do. Each job is a
+        claim of its own (own fencing token, lease of ``lease_ttl`` seconds,
+        resolved on its own). Waits as :meth:`claim` does only while no job
+        is ready; ``[]`` if none came. Fewer than ``max_jobs`` may come
+        although more are ready (a backend caps one batch).
+
+        This default claims one job; the backends claim a batch at once.
+        """
+        check_batch(max_jobs)
+        job = await self.claim(queue, worker_id, lease_ttl)
+        return [] if job is None else [job]
+
+    async def ack_many(self, jobs: Iterable[ClaimedJob]) -> None:
+        """Ack every job of ``jobs``, as :meth:`ClaimedJob.ack` each, in as
+        few round trips as the backend can (one socket write on shm).
+
+        Before anything is acked: :class:`~klieo_shm.AlreadyAcknowledged` if
+        a job is resolved already or listed twice, and then none is acked. A
+        job whose claim was taken over is not acked; the others are, and
+        then :class:`~klieo_shm.Conflict` is raised for the first such job.
+        """
+        lost: Conflict | None = None
+        for job in take_for_ack(jobs):
+            try:
+                await claim_impl(job).ack()
+            except Conflict as exc:
+                lost = lost or exc
+        if lost is not None:
+            raise lost
 
     @abstractmethod
     async def dead_letters(self, queue: str) -> list[DeadLetter]:

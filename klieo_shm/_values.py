@@ -24,6 +24,7 @@ __all__ = [
     "QueueStats",
     "Revision",
     "as_bytes",
+    "check_batch",
     "check_duration",
     "check_headers",
     "dedup_record",
@@ -67,6 +68,13 @@ def check_duration(what: str, seconds: float, *, positive: bool = False) -> floa
     if value < 0 or (positive and value == 0):
         raise InvalidArgument(what, seconds, "must be > 0" if positive else "must be >= 0")
     return value
+
+
+def check_batch(max_jobs: int) -> int:
+    """``max_jobs`` of ``JobQueue.claim_many``: an int of at least 1."""
+    if type(max_jobs) is not int or max_jobs < 1:
+        raise InvalidArgument("max_jobs", max_jobs, "must be an int of at least 1")
+    return max_jobs
 
 
 def check_headers(headers: object) -> Headers:

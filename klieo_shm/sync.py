@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -122,6 +122,7 @@ class Msg(_Handle[h.Msg]):
     headers = property(lambda self: self._inner.headers)
     seq = property(lambda self: self._inner.seq)
     delivery_count = property(lambda self: self._inner.delivery_count)
+    resolved = property(lambda self: self._inner.resolved)
 
     def __repr__(self) -> str:
         return repr(self._inner)
@@ -251,6 +252,7 @@ class ClaimedJob(_Handle[h.ClaimedJob]):
     token = property(lambda self: self._inner.token)
     dedup_key = property(lambda self: self._inner.dedup_key)
     max_attempts = property(lambda self: self._inner.max_attempts)
+    resolved = property(lambda self: self._inner.resolved)
 
     def __repr__(self) -> str:
         return repr(self._inner)
@@ -351,6 +353,16 @@ class JobQueue(_Facade):
     def claim(self, queue: str, worker_id: str, lease_ttl: float) -> ClaimedJob | None:
         inner = self._link.run(lambda b: b.jobs.claim(queue, worker_id, lease_ttl))
         return None if inner is None else ClaimedJob(self._link.portal, inner)
+
+    def claim_many(
+        self, queue: str, worker_id: str, lease_ttl: float, max_jobs: int
+    ) -> list[ClaimedJob]:
+        inner = self._link.run(lambda b: b.jobs.claim_many(queue, worker_id, lease_ttl, max_jobs))
+        return [ClaimedJob(self._link.portal, job) for job in inner]
+
+    def ack_many(self, jobs: Iterable[ClaimedJob]) -> None:
+        inner = [job._inner if isinstance(job, ClaimedJob) else job for job in jobs]
+        self._link.run(lambda b: b.jobs.ack_many(inner))
 
     def dead_letters(self, queue: str) -> list[DeadLetter]:
         return self._link.run(lambda b: b.jobs.dead_letters(queue))

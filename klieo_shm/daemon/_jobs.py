@@ -137,15 +137,23 @@ class _Job:
 class _Waiter:
     """A parked claim: answered by an enqueue or when ``deadline`` passes."""
 
-    __slots__ = ("call_id", "cid", "deadline", "n", "session", "ttl")
+    __slots__ = ("call_id", "cid", "deadline", "exact", "n", "session", "ttl")
 
     def __init__(
-        self, session: Session, call_id: int, cid: int, n: int, ttl: float, deadline: float
+        self,
+        session: Session,
+        call_id: int,
+        cid: int,
+        n: int,
+        ttl: float,
+        deadline: float,
+        exact: bool,
     ) -> None:
         self.session = session
         self.call_id = call_id
         self.cid = cid
         self.n = n
+        self.exact = exact
         self.ttl = ttl
         self.deadline = deadline
 
@@ -375,20 +383,25 @@ class JobsState:
         ttl: float,
         wait: float,
         now: float,
+        exact: bool = False,
     ) -> list[Any] | None:
         """Claim up to ``n`` ready jobs for ``ttl``; park for ``wait`` seconds
-        when there is none (``None``: the answer comes later)."""
+        when there is none (``None``: the answer comes later). ``exact``: an
+        explicit batch (``claim_many``) gets up to ``n`` of the ready jobs;
+        otherwise ``n`` is a prefetch hint, granted as ``_share`` says."""
         if q.ready:
-            return self._take(s, q, n, ttl, now)
+            return self._take(s, q, n, ttl, now, exact)
         if wait <= 0:
             return [now + ttl, []]
-        q.waiters.append(_Waiter(s, call_id, cid, n, ttl, now + wait))
+        q.waiters.append(_Waiter(s, call_id, cid, n, ttl, now + wait, exact))
         self.waiting.add(q)
         return None
 
-    def _take(self, s: Session, q: _Queue, n: int, ttl: float, now: float) -> list[Any]:
+    def _take(
+        self, s: Session, q: _Queue, n: int, ttl: float, now: float, exact: bool
+    ) -> list[Any]:
         ready = q.ready
-        n = self._share(s, q, n, now)
+        n = self._share(s, q, n, now, exact)
         deadline = now + ttl
         token = q.tokens
         batch = []
@@ -416,11 +429,13 @@ class JobsState:
         return [deadline, out]
 
     @staticmethod
-    def _share(s: Session, q: _Queue, n: int, now: float) -> int:
+    def _share(s: Session, q: _Queue, n: int, now: float, exact: bool) -> int:
         """How many of the ``n`` jobs asked for a claim gets (see PREFETCH_MIN_READY)."""
         claimers = q.claimers
         claimers[s] = now
         avail = len(q.ready)
+        if exact:
+            return min(n, avail)
         if n <= 1 or avail < PREFETCH_MIN_READY:
             return 1
         since = now - ACTIVE_WINDOW
@@ -439,7 +454,7 @@ class JobsState:
                 continue
             if not now:
                 now = self.clock()
-            w.session.send(Result(w.call_id, self._take(w.session, q, w.n, w.ttl, now)))
+            w.session.send(Result(w.call_id, self._take(w.session, q, w.n, w.ttl, now, w.exact)))
         if not waiters:
             self.waiting.discard(q)
 
@@ -722,7 +737,8 @@ def _c_claim(b: Broker, s: Session, ev: Call, now: float) -> object:
     n = a.get("n", 1)
     if type(n) is not int or not 1 <= n <= MAX_CLAIM_BATCH:
         raise InvalidArgument("n", n, f"must be an int in 1..{MAX_CLAIM_BATCH}")
-    return jobs.claim(s, ev.call_id, q, int(a.get("cid", 0)), n, ttl, wait, now)
+    exact = a.get("x", False) is True
+    return jobs.claim(s, ev.call_id, q, int(a.get("cid", 0)), n, ttl, wait, now, exact)
 
 
 def _c_unpark(b: Broker, s: Session, ev: Call, now: float) -> object:

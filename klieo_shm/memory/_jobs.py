@@ -34,6 +34,7 @@ from .._values import (
     Job,
     JobId,
     QueueStats,
+    check_batch,
     check_duration,
     dedup_record,
     parse_dedup_record,
@@ -271,32 +272,48 @@ class MemoryJobQueue(JobQueue):
         return job_id
 
     async def claim(self, queue: str, worker_id: str, lease_ttl: float) -> ClaimedJob | None:
+        jobs = await self._claim(queue, worker_id, lease_ttl, 1)
+        return jobs[0] if jobs else None
+
+    async def claim_many(
+        self, queue: str, worker_id: str, lease_ttl: float, max_jobs: int
+    ) -> list[ClaimedJob]:
+        return await self._claim(queue, worker_id, lease_ttl, check_batch(max_jobs))
+
+    async def _claim(
+        self, queue: str, worker_id: str, lease_ttl: float, n: int
+    ) -> list[ClaimedJob]:
         validate_queue(queue)
         validate_worker_id(worker_id)
         ttl = check_duration("lease_ttl", lease_ttl, positive=True)
         with self._world.lock:
             q = self._state.queue(queue)
 
-        def take() -> tuple[bool, _Job | None]:
+        def take() -> tuple[bool, list[_Job] | None]:
             check_open(self._session)
-            job = self._state.take(self._session, q, worker_id, ttl)
-            return job is not None, job
+            got: list[_Job] = []
+            while len(got) < n:
+                job = self._state.take(self._session, q, worker_id, ttl)
+                if job is None:
+                    break
+                got.append(job)
+            return bool(got), got
 
         deadline = time.monotonic() + self._options.claim_wait
-        _, job = await self._world.poll(self._session, take, q.claims, deadline)
-        if job is None:
-            return None
-        impl = _Claim(self._state, self._session, q, job.id, job.token)
-        return ClaimedJob(
-            queue,
-            job.id,
-            job.payload,
-            job.attempts,
-            job.token,
-            impl,
-            job.dedup_key,
-            job.max_attempts,
-        )
+        _, got = await self._world.poll(self._session, take, q.claims, deadline)
+        return [
+            ClaimedJob(
+                queue,
+                job.id,
+                job.payload,
+                job.attempts,
+                job.token,
+                _Claim(self._state, self._session, q, job.id, job.token),
+                job.dedup_key,
+                job.max_attempts,
+            )
+            for job in got or ()
+        ]
 
     async def dead_letters(self, queue: str) -> list[DeadLetter]:
         validate_queue(queue)

@@ -4,6 +4,8 @@
   ``P_jobs`` (headers ``Klieo-Job-Id``, ``Klieo-Max-Attempts``,
   ``Klieo-Dedup-Key``); its workers share the pull consumer
   ``escape_name(q)``. ``claim`` pulls one message, waiting about a second.
+  ``claim_many`` is ``JobQueue``'s default, one claim per call (the puller
+  pulls batch 1); ``ack_many`` acks each job as its ``ack`` does.
 - ``attempt`` is the delivery count; the claim's fencing ``token`` is the
   delivery's consumer sequence, which grows with every delivery.
 - Claims (their TTL, kept alive by the client under a short server-side

@@ -76,12 +76,13 @@ __all__ = [
     "State",
 ]
 
-PROTOCOL_VERSION: Final = 3
+PROTOCOL_VERSION: Final = 4
 """1: the first; 2: ``Welcome.store_name`` may be a file path (the store of a
 broker with a state directory), not only a POSIX shared-memory name; 3: KV
 puts, cas and deletes travel as ``KvWrite``/``KvWritten`` frames, requests as
 ``Request``/``Reply``, not calls; ``Incoming`` and ``Respond`` in fixed
-layouts, not msgpack."""
+layouts, not msgpack; 4: ``jobs_claim`` takes ``x`` (an explicit batch, of
+``claim_many``: up to ``n`` of the ready jobs, not a prefetch share)."""
 DEFAULT_MAX_FRAME: Final = 1 << 20
 """Frame body limit until the handshake sets the connection's own."""
 

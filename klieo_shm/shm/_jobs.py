@@ -17,6 +17,9 @@ Speed without changing the contract:
   extra claims wait in this bus and are handed out by later ``claim`` calls;
   a claim handed out with less than half its lease left is heartbeated first.
   Closing the bus gives unstarted ones back without counting an attempt.
+- **Batches.** ``claim_many`` asks for up to ``max_jobs`` in one call (the
+  broker grants up to that many of the ready jobs, no share); ``ack_many``
+  sends its acks in one notification, one socket write.
 - **Fenced resolutions without a round trip.** A claim's lease runs from
   when the broker received the claim (or heartbeat), never earlier than when
   this client sent it; so while ``sent + ttl`` is more than ``_margin(ttl)``
@@ -49,13 +52,14 @@ import functools
 import itertools
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Any, Final
 
 from .._errors import BusError, Conflict, InvalidArgument, PayloadTooLarge
-from .._handles import ClaimedJob
+from .._handles import ClaimedJob, ClaimImpl, claim_impl, take_for_ack
 from .._interfaces import JobQueue
 from .._names import validate_queue, validate_worker_id
-from .._values import DeadLetter, Job, JobId, QueueStats, check_duration
+from .._values import DeadLetter, Job, JobId, QueueStats, check_batch, check_duration
 from ..protocol import Call
 from ._client import ConnectionInterrupted, ShmClient
 
@@ -322,25 +326,13 @@ class ShmJobQueue(JobQueue):
 
     # --- claim -----------------------------------------------------------------
     async def claim(self, queue: str, worker_id: str, lease_ttl: float) -> ClaimedJob | None:
-        client = self._client
         key = (queue, worker_id, lease_ttl)
         buf = self._buffers.get(key)  # only validated keys have a buffer
         if buf:
-            impl: _Claim = buf[0]._impl  # type: ignore[assignment]
-            if (
-                impl.gen == client.gen
-                and impl.deadline - time.monotonic() > lease_ttl / 2
-                and client.connected
-            ):
-                return buf.popleft()
-            job = await self._from_buffer(buf)
+            job = await self._next_buffered(buf)
             if job is not None:
                 return job
-        self._queue(queue)
-        validate_worker_id(worker_id)
-        ttl = check_duration("lease_ttl", lease_ttl, positive=True)
-        if not client.connected:
-            await client.ensure()
+        ttl = self._check_claim(queue, worker_id, lease_ttl)
         now = time.monotonic()
         since, handed = self._rate.get(key, (0.0, 0))
         if handed:  # jobs per lease share at the rate the last batch went
@@ -348,6 +340,61 @@ class ShmJobQueue(JobQueue):
             n = max(1, min(PREFETCH_MAX, int(0.05 * ttl / per_job)))
         else:
             n = 1
+        jobs = await self._fetch(key, ttl, n, exact=False)
+        if not jobs:
+            return None
+        if len(jobs) > 1:
+            self._buffers.setdefault(key, deque()).extend(jobs[1:])
+            # Prefetched claims not handed out by half their lease go back
+            # without counting an attempt (a slow job must not burn the
+            # attempts of the jobs queued behind it).
+            asyncio.get_running_loop().call_later(ttl / 2, self._give_back_stale, key)
+        return jobs[0]
+
+    async def claim_many(
+        self, queue: str, worker_id: str, lease_ttl: float, max_jobs: int
+    ) -> list[ClaimedJob]:
+        """One ``jobs_claim`` call for up to ``max_jobs`` (at most
+        ``PREFETCH_MAX`` per call); claims this bus prefetched for ``claim``
+        with the same arguments are handed out first, without a call."""
+        check_batch(max_jobs)
+        key = (queue, worker_id, lease_ttl)
+        out: list[ClaimedJob] = []
+        buf = self._buffers.get(key)
+        while buf and len(out) < max_jobs:
+            job = await self._next_buffered(buf)
+            if job is None:
+                break
+            out.append(job)
+        if out:
+            return out
+        ttl = self._check_claim(queue, worker_id, lease_ttl)
+        return await self._fetch(key, ttl, min(max_jobs, PREFETCH_MAX), exact=True)
+
+    def _check_claim(self, queue: str, worker_id: str, lease_ttl: float) -> float:
+        self._queue(queue)
+        validate_worker_id(worker_id)
+        return check_duration("lease_ttl", lease_ttl, positive=True)
+
+    async def _next_buffered(self, buf: deque[ClaimedJob]) -> ClaimedJob | None:
+        """The next prefetched claim of ``buf`` that is still ours, if any."""
+        impl: _Claim = buf[0]._impl  # type: ignore[assignment]
+        client = self._client
+        if (
+            impl.gen == client.gen
+            and impl.deadline - time.monotonic() > impl.ttl / 2
+            and client.connected
+        ):
+            return buf.popleft()
+        return await self._from_buffer(buf)
+
+    async def _fetch(self, key: _Key, ttl: float, n: int, *, exact: bool) -> list[ClaimedJob]:
+        """Claim up to ``n`` jobs of ``key``'s queue in one call (``exact``:
+        an explicit batch, else a prefetch hint the broker may trim)."""
+        client = self._client
+        queue, worker_id, _ = key
+        if not client.connected:
+            await client.ensure()
         retries = 0
         while True:
             cid = next(self._cids)
@@ -359,6 +406,8 @@ class ShmJobQueue(JobQueue):
                 "wait": self._claim_wait,
                 "cid": cid,
             }
+            if exact:
+                args["x"] = True
             gen = client.gen
             sent = time.monotonic()
             task = self._call_nowait("jobs_claim", args, waits=self._claim_wait > 0)
@@ -380,19 +429,42 @@ class ShmJobQueue(JobQueue):
             raise BusError(f"malformed answer to claim on {queue!r}")
         _, items = answer
         self._rate[key] = (time.monotonic(), len(items))
-        if not items:
-            return None
         # The broker's deadline is its receipt time + ttl, so never before ours:
         # no clock shared with the broker is assumed.
         deadline = sent + ttl
-        jobs = [self._make(gen, queue, ttl, deadline, item) for item in items]
-        if len(jobs) > 1:
-            self._buffers.setdefault(key, deque()).extend(jobs[1:])
-            # Prefetched claims not handed out by half their lease go back
-            # without counting an attempt (a slow job must not burn the
-            # attempts of the jobs queued behind it).
-            asyncio.get_running_loop().call_later(ttl / 2, self._give_back_stale, key)
-        return jobs[0]
+        return [self._make(gen, queue, ttl, deadline, item) for item in items]
+
+    async def ack_many(self, jobs: Iterable[ClaimedJob]) -> None:
+        """The claims of this bus with time to spare on their leases go out
+        in one notification (one socket write, as one ``ack`` does); the
+        others (near their deadline, from an older connection or another
+        bus) are acked one by one with an answer."""
+        client = self._client
+        now = time.monotonic()
+        usable = client.connected
+        answered: list[ClaimImpl] = []
+        for job in take_for_ack(jobs):
+            impl = claim_impl(job)
+            if (
+                usable
+                and isinstance(impl, _Claim)
+                and impl.owner is self
+                and impl.gen == client.gen
+                and now < impl.deadline - _margin(impl.ttl)
+            ):
+                self._pending.append([impl.queue, impl.job_id, impl.token, _ACK, None])
+            else:
+                answered.append(impl)
+        if self._pending:
+            self._drain_soon()  # in the kernel before we return: survives our SIGKILL
+        lost: Conflict | None = None
+        for other in answered:
+            try:
+                await other.ack()
+            except Conflict as exc:
+                lost = lost or exc
+        if lost is not None:
+            raise lost
 
     def _give_back_stale(self, key: tuple[str, str, float]) -> None:
         buf = self._buffers.get(key)

@@ -55,6 +55,7 @@ class Blocking:
             return _wrap(value)
 
         async def call(*args: Any, **kwargs: Any) -> Any:
+            args = tuple(_unwrap(a) for a in args)
             return _wrap(await asyncio.to_thread(value, *args, **kwargs))
 
         return call
@@ -82,6 +83,17 @@ class Blocking:
 def _wrap(value: Any) -> Any:
     if type(value).__module__ == klieo_shm.sync.__name__:
         return Blocking(value)
+    if type(value) is list:  # claim_many's batch
+        return [_wrap(item) for item in value]
+    return value
+
+
+def _unwrap(value: Any) -> Any:
+    """An argument as the blocking API takes it (ack_many's batch)."""
+    if isinstance(value, Blocking):
+        return value._target
+    if type(value) is list:
+        return [_unwrap(item) for item in value]
     return value
 
 

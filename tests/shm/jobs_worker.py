@@ -6,6 +6,9 @@ python jobs_worker.py SOCKET claim QUEUE TTL
 python jobs_worker.py SOCKET enqueue QUEUE DEDUP_KEY
     connect, print "ready", wait for a line on stdin, enqueue a job with
     DEDUP_KEY and print "id <job id>"
+python jobs_worker.py SOCKET batch QUEUE COUNT
+    claim COUNT jobs with claim_many, ack them with ack_many, print "acked
+    <ids...>", then wait for a line on stdin (the test kills it meanwhile)
 python jobs_worker.py SOCKET fail QUEUE
     run the worker runtime over QUEUE with a handler that always raises,
     until the queue is drained; print "done <dead-lettered count>"
@@ -46,6 +49,13 @@ async def main(sock: str, role: str, queue: str, arg: str = "") -> None:
                 say("conflict", exc.expected, exc.current)
             else:
                 say("acked")
+        elif role == "batch":
+            got: list[klieo_shm.ClaimedJob] = []
+            while len(got) < int(arg):
+                got += await bus.jobs.claim_many(queue, "batch", 60.0, int(arg) - len(got))
+            await bus.jobs.ack_many(got)
+            say("acked", *(job.id for job in got))
+            await _line()
         elif role == "enqueue":
             say("ready")
             await _line()

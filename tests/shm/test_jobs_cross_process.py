@@ -91,6 +91,22 @@ async def test_ack_after_lease_expiry_and_takeover_raises_conflict_in_the_late_w
         assert (stats.ready, stats.claimed, stats.dead) == (0, 0, 0)
 
 
+async def test_a_batch_acked_by_ack_many_stays_acked_when_its_worker_is_killed_at_once(
+    daemon: str,
+) -> None:
+    async with await klieo_shm.connect(f"shm://{daemon}") as bus:
+        ids = {await bus.jobs.enqueue("killed-batch", Job(b"%d" % i)) for i in range(50)}
+        async with process(daemon, "batch", "killed-batch", "50") as worker:
+            acked = await worker.expect("acked")
+            worker.proc.kill()  # right after ack_many returned: nothing more was sent
+            await worker.proc.wait()
+
+        assert set(acked) == ids
+        stats = await bus.jobs.stats("killed-batch")  # the death is handled by now or next
+        assert (stats.ready, stats.delayed, stats.claimed, stats.dead) == (0, 0, 0, 0)
+        assert await bus.jobs.claim_many("killed-batch", "after", 30.0, 50) == []
+
+
 async def test_job_that_always_fails_becomes_a_dead_letter_on_dlq(daemon: str) -> None:
     async with await klieo_shm.connect(f"shm://{daemon}") as bus:
         dlq = await bus.pubsub.subscribe("dlq.poison", "dlq-watch")
