@@ -587,6 +587,11 @@ class ShmClient:
         """Whether encoded frames wait to be written."""
         return bool(self._out)
 
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, as ``asyncio.get_running_loop()``: the
+        connection's own once connected, without that call's syscall."""
+        return self._loop or asyncio.get_running_loop()
+
     def write_now(self) -> None:
         """Write what is queued (events, acks, publishes) now, not at the end
         of this loop turn; nothing while not connected."""

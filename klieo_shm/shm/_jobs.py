@@ -205,7 +205,7 @@ class ShmJobQueue(JobQueue):
         self._pending.append(entry)
         if not self._drain_scheduled:
             self._drain_scheduled = True
-            asyncio.get_running_loop().call_soon(self._drain_soon)
+            self._client.loop().call_soon(self._drain_soon)
 
     async def _resolve(self, claim: _Claim, kind: int, arg: object) -> None:
         client = self._client
@@ -252,7 +252,7 @@ class ShmJobQueue(JobQueue):
         client = self._client
         if client.max_payload and len(job.payload) > client.max_payload:
             raise PayloadTooLarge(len(job.payload), client.max_payload)
-        loop = asyncio.get_running_loop()
+        loop = client.loop()
         fut: asyncio.Future[str] = loop.create_future()
         batch = self._enq.get(queue)
         if batch is None:
