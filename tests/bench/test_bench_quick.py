@@ -153,7 +153,8 @@ def test_quick_run_of_klieo_without_journal(short_tmp: Path) -> None:
     rows = {(r["workload"], r["peer"]): r for r in data["rows"] if r["status"] != "n/a"}
     assert set(rows) == {
         ("W1", "klieo"), ("W1", "klieo-nojournal"),
-        ("W5", "klieo"), ("W5", "klieo-sync"), ("W5", "klieo-nojournal"),
+        ("W5", "klieo"), ("W5", "klieo-sync"), ("W5", "klieo-perjob"),
+        ("W5", "klieo-nojournal"),
     }  # fmt: skip
     for row in rows.values():
         assert row["status"] == "ok", row
@@ -196,6 +197,7 @@ def test_peer_selection_keeps_the_journal_variant_apart() -> None:
         "klieo-sync",
         "klieo-spin",
         "klieo-spin-sync",
+        "klieo-perjob",
         "klieo-nojournal",
     ]
     (nojournal,) = select_peers(["klieo-nojournal"])

@@ -62,6 +62,7 @@ SPIN_WORKLOADS = ("W3", "W4")  # W5 measured no different; W1/W2/W6 are not roun
 SPIN_US = 100
 INFLIGHT_BYTES = 32 * 1024 * 1024  # publish_async's window in bytes, as the NATS peer's
 LEASE_TTL = 30.0
+JOB_BATCH = 100  # W5 claim_many/ack_many batch, as the Redis peer's XREADGROUP COUNT
 
 
 # A BusError whose text says the backend does not offer the operation yet is reported
@@ -367,22 +368,32 @@ async def producer(rc: RoleContext) -> RoleResult:
 
 @_arole
 async def worker(rc: RoleContext) -> RoleResult:
+    """``claim_many`` up to ``batch`` jobs + ``ack_many`` (as the Redis peer's
+    XREADGROUP COUNT 100 + XACK); with ``batch`` 1, ``claim`` + ``ack`` per job."""
     bus = await _connect(rc)
-    queue, claim = f"q{rc.params.run_id}", bus.jobs.claim
+    queue, jobs = f"q{rc.params.run_id}", bus.jobs
+    batch = int(rc.options.get("batch", 1))
     counter = job_counter(rc)
     await rc.aready()
     n, t1 = 0, 0.0
     while True:
-        job = await claim(queue, rc.role, LEASE_TTL)
-        if job is None:
+        if batch > 1:
+            got = await jobs.claim_many(queue, rc.role, LEASE_TTL, batch)
+            if got:
+                await jobs.ack_many(got)
+        else:
+            job = await jobs.claim(queue, rc.role, LEASE_TTL)
+            got = [] if job is None else [job]
+            if job is not None:
+                await job.ack()
+        if not got:
             if counter.done():
                 break
             rc.check(f"claiming ({n} done)")
             continue
-        await job.ack()
         t1 = now()
-        n += 1
-        counter.add(1)
+        n += len(got)
+        counter.add(len(got))
     await _maybe(bus.close())
     return {"t1": t1, "n": n} if n else {"n": 0}
 
@@ -445,7 +456,7 @@ def _async_impls(server: str, **extra: Any) -> dict[str, Impl]:
             make_shared=_done_shared,
         ),
         "W4": Impl((Role("client", kv_client, opts),)),
-        "W5": _jobs(producer, worker, server, **extra),
+        "W5": _jobs(producer, worker, server, batch=JOB_BATCH, **extra),
         "W6": _pubsub(3, server, **extra),
     }
 
@@ -458,7 +469,7 @@ PEERS = [
         family=FAMILY,
         label="durable",
         what="klieo_shm asyncio API; publish_async / enqueue_async up to 4000 (32 MiB) in "
-        "flight; ack per message; "
+        "flight; ack per message (W5: claim_many + ack_many of up to 100 jobs); "
         "klieo-shmd with its defaults (journal on)",
         impls=_async_impls(SERVER),
         requires=_REQ,
@@ -503,6 +514,15 @@ PEERS = [
         },
         requires=_REQ,
         servers=(SPIN,),
+    ),
+    Peer(
+        name=FAMILY + "-perjob",
+        family=FAMILY,
+        label="durable",
+        what="the klieo peer's W5 with claim + ack per job instead of claim_many + ack_many",
+        impls={"W5": _jobs(producer, worker)},
+        requires=_REQ,
+        servers=_SRV,
     ),
     Peer(
         name=NOJOURNAL,
