@@ -330,18 +330,19 @@ class JobsState:
             # The jobs first, then their dedup records: the journal then never
             # holds a record whose job it lost. A full KV fails the call after
             # the jobs exist (a retry may enqueue them again: at-least-once).
-            self._insert(q, new, sum(len(j.payload) for j in new))
+            self._insert(q, new, sum(len(j.payload) for j in new), plain=False)
             for job in new:
                 if job.dedup is not None:
                     self.dedup.create(bucket, job.dedup, dedup_record(job.id))
             return ids
-        self._insert(q, new, size)
+        self._insert(q, new, size, plain=True)
         return ids
 
-    def _insert(self, q: _Queue, new: list[_Job], size: int) -> None:
+    def _insert(self, q: _Queue, new: list[_Job], size: int, *, plain: bool) -> None:
+        """Add ``new`` jobs to ``q`` (``plain``: fresh, no dedup key, default max_attempts)."""
         if self.journal is not None and new:
-            self.journal.append(job_add_record(q.name, new))
-        q.jobs.update([(j.id, j) for j in new])
+            self.journal.append(job_add_record(q.name, new, plain=plain))
+        q.jobs.update(zip([j.id for j in new], new, strict=True))
         q.ready.extend(new)
         self.live += len(new)
         self.live_bytes += size
@@ -477,9 +478,28 @@ class JobsState:
         queues = self.queues
         freed = False
         acked = self._acked if self.journal is not None else None
+        gone = 0
+        gone_bytes = 0
         for i, (qname, job_id, token, kind, arg) in enumerate(entries):
             q = queues.get(qname)
             job = q.jobs.get(job_id) if q is not None else None
+            if (  # the common case first: an ack of a live claim of this session
+                kind == ACK
+                and job is not None
+                and job.session is s
+                and job.token == token
+                and job.state == _CLAIMED
+                and now < job.deadline
+                and job.holder is None
+            ):
+                job.session = None
+                job.state = _GONE
+                del q.jobs[job_id]  # type: ignore[union-attr]
+                gone += 1
+                gone_bytes += len(job.payload)
+                if acked is not None:
+                    acked.setdefault(qname, []).append(job_id)
+                continue
             if job is not None and job.state == _CLAIMED and job.deadline <= now:
                 self._end(job, "lease expired", 0.0, now)
                 freed = True
@@ -517,6 +537,10 @@ class JobsState:
                     self._serve_waiters(job.queue)
             else:
                 raise InvalidArgument("kind", kind, "unknown resolve kind")
+        if gone:
+            self.live -= gone
+            self.live_bytes -= gone_bytes
+            freed = True
         if freed and self.parked:
             self._unpark(now)
         return conflicts
@@ -706,13 +730,18 @@ class JobsState:
             self._unpark(now)
 
 
-def job_add_record(queue: str, jobs: list[_Job]) -> list[Any]:
-    """The JOB_ADD journal record of ``jobs`` (see ``_journal``)."""
-    options = [
-        [i, j.dedup, j.max_attempts, j.attempts]
-        for i, j in enumerate(jobs)
-        if j.dedup is not None or j.max_attempts != DEFAULT_MAX_ATTEMPTS or j.attempts
-    ]
+def job_add_record(queue: str, jobs: list[_Job], *, plain: bool = False) -> list[Any]:
+    """The JOB_ADD journal record of ``jobs`` (see ``_journal``); ``plain``:
+    the caller knows they are fresh jobs without options (none to record)."""
+    options = (
+        []
+        if plain
+        else [
+            [i, j.dedup, j.max_attempts, j.attempts]
+            for i, j in enumerate(jobs)
+            if j.dedup is not None or j.max_attempts != DEFAULT_MAX_ATTEMPTS or j.attempts
+        ]
+    )
     return [JOB_ADD, queue, [j.id for j in jobs], [j.payload for j in jobs], options]
 
 

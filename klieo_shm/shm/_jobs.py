@@ -246,12 +246,14 @@ class ShmJobQueue(JobQueue):
         task per job. Jobs queued in one loop turn share one call, in call
         order. Must be called from the bus's event loop.
         """
-        self._queue(queue)
+        if queue not in self._queues or type(queue) is not str:
+            self._queue(queue)
         if not isinstance(job, Job):
             raise InvalidArgument("job", job, "must be a klieo_shm.Job")
         client = self._client
-        if client.max_payload and len(job.payload) > client.max_payload:
-            raise PayloadTooLarge(len(job.payload), client.max_payload)
+        limit = client.max_payload
+        if limit and len(job.payload) > limit:
+            raise PayloadTooLarge(len(job.payload), limit)
         loop = client.loop()
         fut: asyncio.Future[str] = loop.create_future()
         batch = self._enq.get(queue)
