@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import Generic, Protocol, TypeVar
 
-from ._errors import AlreadyAcknowledged, InvalidArgument, Timeout
+from ._errors import AlreadyAcknowledged, Conflict, InvalidArgument, Timeout
 from ._values import Headers, JobId, KvChange, check_duration
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "Service",
     "ServiceImpl",
     "StreamImpl",
+    "ack_each",
     "claim_impl",
     "take_for_ack",
 ]
@@ -396,6 +397,30 @@ def take_for_ack(jobs: Iterable[ClaimedJob]) -> list[ClaimedJob]:
     for job in batch:
         job._resolved_by = "ack"
     return batch
+
+
+async def ack_each(batch: list[ClaimedJob]) -> None:
+    """Ack each job of ``batch`` (from :func:`take_for_ack`) through its own
+    claim, one after the other. Every job is tried; then the first error
+    other than :class:`~klieo_shm.Conflict` is raised, else the first
+    ``Conflict``. When cancelled, the jobs not tried yet are open again."""
+    lost: Conflict | None = None
+    failed: Exception | None = None
+    for i, job in enumerate(batch):
+        try:
+            await job._impl.ack()
+        except Conflict as exc:
+            lost = lost or exc
+        except asyncio.CancelledError:
+            for rest in batch[i + 1 :]:
+                rest._resolved_by = None
+            raise
+        except Exception as exc:
+            failed = failed or exc
+    if failed is not None:
+        raise failed
+    if lost is not None:
+        raise lost
 
 
 def claim_impl(job: ClaimedJob) -> ClaimImpl:

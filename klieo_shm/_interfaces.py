@@ -8,8 +8,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
 
-from ._errors import Conflict
-from ._handles import ClaimedJob, KvWatch, Lease, MsgStream, Service, claim_impl, take_for_ack
+from ._handles import ClaimedJob, KvWatch, Lease, MsgStream, Service, ack_each, take_for_ack
 from ._values import (
     DeadLetter,
     Headers,
@@ -180,15 +179,10 @@ class JobQueue(ABC):
         a job is resolved already or listed twice, and then none is acked. A
         job whose claim was taken over is not acked; the others are, and
         then :class:`~klieo_shm.Conflict` is raised for the first such job.
+        Any other error (:class:`~klieo_shm.Closed`, say) is raised after
+        every job was tried, each job then resolved as its ``ack`` leaves it.
         """
-        lost: Conflict | None = None
-        for job in take_for_ack(jobs):
-            try:
-                await claim_impl(job).ack()
-            except Conflict as exc:
-                lost = lost or exc
-        if lost is not None:
-            raise lost
+        await ack_each(take_for_ack(jobs))
 
     @abstractmethod
     async def dead_letters(self, queue: str) -> list[DeadLetter]:

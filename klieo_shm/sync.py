@@ -30,7 +30,7 @@ from typing import Any, Generic, TypeVar
 
 from . import _bus
 from . import _handles as h
-from ._errors import Closed
+from ._errors import Closed, InvalidArgument
 from ._portal import Portal
 from ._spin import spin_us_of
 from ._values import (
@@ -361,7 +361,13 @@ class JobQueue(_Facade):
         return [ClaimedJob(self._link.portal, job) for job in inner]
 
     def ack_many(self, jobs: Iterable[ClaimedJob]) -> None:
-        inner = [job._inner if isinstance(job, ClaimedJob) else job for job in jobs]
+        """As :meth:`klieo_shm.JobQueue.ack_many`, for jobs claimed through
+        this bus (``InvalidArgument``, nothing acked, for one of another)."""
+        batch = list(jobs)
+        portal = self._link.portal
+        if any(isinstance(job, ClaimedJob) and job._portal is not portal for job in batch):
+            raise InvalidArgument("jobs", "a job of another bus", "must be claimed on this bus")
+        inner = [job._inner if isinstance(job, ClaimedJob) else job for job in batch]
         self._link.run(lambda b: b.jobs.ack_many(inner))
 
     def dead_letters(self, queue: str) -> list[DeadLetter]:

@@ -478,8 +478,6 @@ class JobsState:
         queues = self.queues
         freed = False
         acked = self._acked if self.journal is not None else None
-        gone = 0
-        gone_bytes = 0
         for i, (qname, job_id, token, kind, arg) in enumerate(entries):
             q = queues.get(qname)
             job = q.jobs.get(job_id) if q is not None else None
@@ -495,8 +493,9 @@ class JobsState:
                 job.session = None
                 job.state = _GONE
                 del q.jobs[job_id]  # type: ignore[union-attr]
-                gone += 1
-                gone_bytes += len(job.payload)
+                self.live -= 1  # at once: a later entry may raise
+                self.live_bytes -= len(job.payload)
+                freed = True
                 if acked is not None:
                     acked.setdefault(qname, []).append(job_id)
                 continue
@@ -537,10 +536,6 @@ class JobsState:
                     self._serve_waiters(job.queue)
             else:
                 raise InvalidArgument("kind", kind, "unknown resolve kind")
-        if gone:
-            self.live -= gone
-            self.live_bytes -= gone_bytes
-            freed = True
         if freed and self.parked:
             self._unpark(now)
         return conflicts

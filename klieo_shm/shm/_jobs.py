@@ -56,7 +56,7 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from .._errors import BusError, Conflict, InvalidArgument, PayloadTooLarge
-from .._handles import ClaimedJob, ClaimImpl, claim_impl, take_for_ack
+from .._handles import ClaimedJob, ack_each, claim_impl, take_for_ack
 from .._interfaces import JobQueue
 from .._names import validate_queue, validate_worker_id
 from .._values import DeadLetter, Job, JobId, QueueStats, check_batch, check_duration
@@ -363,11 +363,16 @@ class ShmJobQueue(JobQueue):
         key = (queue, worker_id, lease_ttl)
         out: list[ClaimedJob] = []
         buf = self._buffers.get(key)
-        while buf and len(out) < max_jobs:
-            job = await self._next_buffered(buf)
-            if job is None:
-                break
-            out.append(job)
+        try:
+            while buf and len(out) < max_jobs:
+                job = await self._next_buffered(buf)
+                if job is None:
+                    break
+                out.append(job)
+        except BaseException:
+            if buf is not None:
+                buf.extendleft(reversed(out))  # still ours: kept for the next claim
+            raise
         if out:
             return out
         ttl = self._check_claim(queue, worker_id, lease_ttl)
@@ -430,7 +435,8 @@ class ShmJobQueue(JobQueue):
         if not isinstance(answer, list) or len(answer) != 2:
             raise BusError(f"malformed answer to claim on {queue!r}")
         _, items = answer
-        self._rate[key] = (time.monotonic(), len(items))
+        if not exact:  # the rate claim() sizes its prefetch by
+            self._rate[key] = (time.monotonic(), len(items))
         # The broker's deadline is its receipt time + ttl, so never before ours:
         # no clock shared with the broker is assumed.
         deadline = sent + ttl
@@ -444,7 +450,7 @@ class ShmJobQueue(JobQueue):
         client = self._client
         now = time.monotonic()
         usable = client.connected
-        answered: list[ClaimImpl] = []
+        answered: list[ClaimedJob] = []
         for job in take_for_ack(jobs):
             impl = claim_impl(job)
             if (
@@ -456,17 +462,11 @@ class ShmJobQueue(JobQueue):
             ):
                 self._pending.append([impl.queue, impl.job_id, impl.token, _ACK, None])
             else:
-                answered.append(impl)
+                answered.append(job)
         if self._pending:
             self._drain_soon()  # in the kernel before we return: survives our SIGKILL
-        lost: Conflict | None = None
-        for other in answered:
-            try:
-                await other.ack()
-            except Conflict as exc:
-                lost = lost or exc
-        if lost is not None:
-            raise lost
+        if answered:
+            await ack_each(answered)
 
     def _give_back_stale(self, key: tuple[str, str, float]) -> None:
         buf = self._buffers.get(key)
@@ -491,8 +491,8 @@ class ShmJobQueue(JobQueue):
                 await job.heartbeat()
             except Conflict:
                 continue  # taken over, or it did not survive a broker restart
-            except ConnectionInterrupted:
-                buf.appendleft(job)  # unknown: try it again on the next connection
+            except (ConnectionInterrupted, asyncio.CancelledError):
+                buf.appendleft(job)  # unknown: try it again on the next claim
                 raise
             return job
         return None

@@ -37,6 +37,7 @@ OPERATIONS = {
     "lease": lambda bus, w: bus.kv.lease(w.name("b"), "k", 30.0),
     "enqueue": lambda bus, w: bus.jobs.enqueue(w.name("q"), Job(b"x")),
     "claim": lambda bus, w: bus.jobs.claim(w.name("q"), "w", 30.0),
+    "claim_many": lambda bus, w: bus.jobs.claim_many(w.name("q"), "w", 30.0, 10),
     "dead_letters": lambda bus, w: bus.jobs.dead_letters(w.name("q")),
     "requeue": lambda bus, w: bus.jobs.requeue(w.name("q"), "id"),
     "discard": lambda bus, w: bus.jobs.discard(w.name("q"), "id"),

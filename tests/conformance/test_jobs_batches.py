@@ -94,9 +94,10 @@ async def test_ack_many_removes_every_job(world: World):
 
     await jobs.ack_many(got)
 
-    stats = await other.stats(queue)
+    stats = await jobs.stats(queue)  # the same bus: after its acks
     assert (stats.ready, stats.delayed, stats.claimed, stats.dead) == (0, 0, 0, 0)
     assert all(job.resolved for job in got)
+    assert await other.claim_many(queue, "w2", TTL, 10) == []
 
 
 async def test_ack_many_of_nothing_does_nothing(world: World):
@@ -157,7 +158,7 @@ async def test_ack_many_acks_the_others_when_one_claim_was_lost(world: World):
     assert new.id == contested
     assert caught.value.expected == old.token
     assert caught.value.current == new.token
-    stats = await fast.stats(queue)
+    stats = await slow.stats(queue)  # the bus of the acks
     assert (stats.ready, stats.claimed) == (0, 1)  # the taker's claim, not the kept job
     await new.ack()
 
@@ -188,3 +189,15 @@ async def test_claim_many_takes_up_to_max_jobs_of_the_ready_ones_at_once(world: 
 
     assert (len(first), len(rest)) == (8, 12)
     await jobs.ack_many(first + rest)
+
+
+async def test_ack_many_on_a_closed_bus_raises_closed(world: World):
+    bus = await world.connect()
+    queue = world.name("q")
+    for i in range(2):
+        await bus.jobs.enqueue(queue, Job(b"%d" % i))
+    got = await _claim_all(bus.jobs, queue, 2, 2)
+    await bus.close()
+
+    with pytest.raises(klieo_shm.Closed):
+        await bus.jobs.ack_many(got)

@@ -8,7 +8,7 @@ python jobs_worker.py SOCKET enqueue QUEUE DEDUP_KEY
     DEDUP_KEY and print "id <job id>"
 python jobs_worker.py SOCKET batch QUEUE COUNT
     claim COUNT jobs with claim_many, ack them with ack_many, print "acked
-    <ids...>", then wait for a line on stdin (the test kills it meanwhile)
+    <ids...>" and SIGKILL itself at once (no loop turn after ack_many)
 python jobs_worker.py SOCKET fail QUEUE
     run the worker runtime over QUEUE with a handler that always raises,
     until the queue is drained; print "done <dead-lettered count>"
@@ -17,6 +17,8 @@ python jobs_worker.py SOCKET fail QUEUE
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 
 import klieo_shm
@@ -55,7 +57,7 @@ async def main(sock: str, role: str, queue: str, arg: str = "") -> None:
                 got += await bus.jobs.claim_many(queue, "batch", 60.0, int(arg) - len(got))
             await bus.jobs.ack_many(got)
             say("acked", *(job.id for job in got))
-            await _line()
+            os.kill(os.getpid(), signal.SIGKILL)
         elif role == "enqueue":
             say("ready")
             await _line()

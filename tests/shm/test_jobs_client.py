@@ -13,6 +13,16 @@ from klieo_shm import Job
 from klieo_shm.protocol import Call, Error, Event, Result
 
 
+async def _claim_and_ack(
+    jobs: klieo_shm.JobQueue, queue: str, worker: str, ttl: float, n: int
+) -> None:
+    """``n`` claims of one job, each acked, in a tight loop: the client starts to prefetch."""
+    for _ in range(n):
+        job = await jobs.claim(queue, worker, ttl)
+        assert job is not None
+        await job.ack()
+
+
 def _raw_call(sock: str, call: Call) -> list[Event]:
     """One call from a raw connection (run in a thread: the broker runs in
     the test's loop); the events that came back."""
@@ -58,10 +68,7 @@ async def test_prefetched_claims_not_handed_out_go_back_at_half_lease_without_an
     async with running_broker(sock), await klieo_shm.connect(f"shm://{sock}") as producer:
         await asyncio.gather(*(producer.jobs.enqueue("slow", Job(b"%d" % i)) for i in range(200)))
         async with await klieo_shm.connect(f"shm://{sock}") as worker:
-            for _ in range(20):  # a tight loop: the client starts to prefetch
-                job = await worker.jobs.claim("slow", "fast", 1.0)
-                assert job is not None
-                await job.ack()
+            await _claim_and_ack(worker.jobs, "slow", "fast", 1.0, 20)
             held = await worker.jobs.claim("slow", "fast", 1.0)  # then one job runs long
             assert held is not None
             assert (await worker.jobs.stats("slow")).claimed > 1, "expected a prefetch"
@@ -168,3 +175,74 @@ async def test_enqueue_async_pipelines_without_a_task_per_job(sock: str) -> None
         with pytest.raises(klieo_shm.InvalidArgument):
             jobs.enqueue_async("ea", b"not a Job")  # type: ignore[arg-type]
         await bus.close()
+
+
+def _claim_then_resolve(sock: str, queue: str, resolve: list[list[object]]) -> list[Event]:
+    """A raw connection claims two jobs of ``queue`` (an explicit batch), then
+    sends ``resolve`` with ``{A}``/``{B}`` in its entries replaced by the
+    claims' (id, token); the events that came back for the resolve."""
+    with RawClient(sock) as raw:
+        raw.hello()
+        claim = {"q": queue, "w": "raw", "ttl": 30.0, "n": 2, "x": True, "wait": 0, "cid": 1}
+        raw.send(Call(1, "jobs_claim", claim))
+        [answer] = raw.read(1)
+        assert isinstance(answer, Result)
+        assert not answer.error_type, answer
+        (a_id, _, _, a_token, *_), (b_id, _, _, b_token, *_) = answer.value[1]
+        claims = {"{A}": (a_id, a_token), "{B}": (b_id, b_token)}
+        entries = [[queue, *claims[str(e[0])], *e[1:]] for e in resolve]
+        raw.send(Call(2, "jobs_resolve", {"r": entries}))
+        return raw.read(1)
+
+
+async def test_a_resolve_failing_after_an_ack_keeps_the_broker_counts_right(sock: str) -> None:
+    async with running_broker(sock) as server, await klieo_shm.connect(f"shm://{sock}") as bus:
+        await bus.jobs.enqueue("counted", Job(b"aaaa"))
+        await bus.jobs.enqueue("counted", Job(b"bbbbbbbb"))
+        jobs = server.broker.jobs
+
+        # an ack of A, then a nak of B with a delay the broker refuses
+        [answer] = await asyncio.to_thread(
+            _claim_then_resolve, sock, "counted", [["{A}", 0, None], ["{B}", 1, -1.0]]
+        )
+
+        assert isinstance(answer, Result)
+        assert answer.error_type == "InvalidArgument"
+        stats = await bus.jobs.stats("counted")  # B: still the raw client's, or back if it is gone
+        assert (stats.ready + stats.claimed, stats.dead) == (1, 0)
+        assert (jobs.live, jobs.live_bytes) == (1, len(b"bbbbbbbb"))
+
+
+async def test_a_cancelled_claim_many_leaves_nothing_claimed(sock: str) -> None:
+    async with running_broker(sock), await klieo_shm.connect(f"shm://{sock}") as bus:
+        claiming = asyncio.ensure_future(bus.jobs.claim_many("idle-batch", "w", 30.0, 10))
+        await asyncio.sleep(0.1)  # parked in the broker: the case under test
+        claiming.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await claiming
+
+        for i in range(3):
+            await bus.jobs.enqueue("idle-batch", Job(b"%d" % i))
+        got = await bus.jobs.claim_many("idle-batch", "w", 30.0, 10)
+
+        assert [job.attempt for job in got] == [1, 1, 1]
+        assert (await bus.jobs.stats("idle-batch")).claimed == 3
+        await bus.jobs.ack_many(got)
+
+
+async def test_claim_many_hands_out_what_claim_prefetched_first(sock: str) -> None:
+    async with running_broker(sock), await klieo_shm.connect(f"shm://{sock}") as producer:
+        await asyncio.gather(*(producer.jobs.enqueue("pre", Job(b"%d" % i)) for i in range(500)))
+        async with await klieo_shm.connect(f"shm://{sock}") as worker:
+            await _claim_and_ack(worker.jobs, "pre", "w", 30.0, 30)
+            held = (await worker.jobs.stats("pre")).claimed
+            assert held > 1, "expected a prefetch"
+
+            got = await worker.jobs.claim_many("pre", "w", 30.0, 500)
+
+            assert len(got) == held  # the buffer, without a call that claims more
+            assert (await worker.jobs.stats("pre")).claimed == held
+            await worker.jobs.ack_many(got)
+            more = await worker.jobs.claim_many("pre", "w", 30.0, 500)
+            assert len(more) == min(256, 500 - 30 - held)  # a call: up to its cap
+            await worker.jobs.ack_many(more)

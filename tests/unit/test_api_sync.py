@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 import klieo_shm
+import klieo_shm.memory
 import klieo_shm.sync
 from klieo_shm import _bus
 from klieo_shm._portal import Portal
@@ -224,3 +225,24 @@ def test_sync_bus_reconnects_in_a_forked_child_and_parent_handles_are_refused(bu
         raise AssertionError("a parent's stream worked in the child")
 
     assert _in_child(check) == 0
+
+
+def test_sync_ack_many_refuses_a_job_of_another_bus_and_acks_none() -> None:
+    url = f"memory://sync-ack-many-{os.getpid()}-{threading.get_ident()}"
+    try:
+        with klieo_shm.sync.connect(url) as one, klieo_shm.sync.connect(url) as two:
+            for i in range(2):
+                one.jobs.enqueue("q", klieo_shm.Job(b"%d" % i))
+            mine = one.jobs.claim_many("q", "w", 30.0, 1)
+            theirs = two.jobs.claim_many("q", "w", 30.0, 1)
+            assert len(mine) == len(theirs) == 1
+
+            with pytest.raises(klieo_shm.InvalidArgument):
+                one.jobs.ack_many(mine + theirs)
+
+            assert not mine[0].resolved
+            one.jobs.ack_many(mine)
+            two.jobs.ack_many(theirs)
+            assert one.jobs.stats("q").claimed == 0
+    finally:
+        klieo_shm.memory.forget(url.removeprefix("memory://"))
