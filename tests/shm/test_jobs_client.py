@@ -4,12 +4,14 @@ pipelined enqueues, fenced resolutions near the deadline, hostile calls."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from shm_helpers import RawClient, running_broker
 
 import klieo_shm
 from klieo_shm import Job
+from klieo_shm.daemon import BrokerServer
 from klieo_shm.protocol import Call, Error, Event, Result
 
 
@@ -21,6 +23,22 @@ async def _claim_and_ack(
         job = await jobs.claim(queue, worker, ttl)
         assert job is not None
         await job.ack()
+
+
+def _on_park(server: BrokerServer) -> asyncio.Event:
+    """An event set when the broker parks a claim (no job ready: it waits)."""
+    state = server.broker.jobs
+    parked = asyncio.Event()
+    claim = state.claim
+
+    def noting(*args: Any, **kwargs: Any) -> Any:
+        answer = claim(*args, **kwargs)
+        if answer is None:
+            parked.set()
+        return answer
+
+    state.claim = noting  # type: ignore[method-assign]
+    return parked
 
 
 def _raw_call(sock: str, call: Call) -> list[Event]:
@@ -86,9 +104,10 @@ async def test_prefetched_claims_not_handed_out_go_back_at_half_lease_without_an
 
 
 async def test_a_cancelled_claim_leaves_nothing_claimed(sock: str) -> None:
-    async with running_broker(sock), await klieo_shm.connect(f"shm://{sock}") as bus:
+    async with running_broker(sock) as server, await klieo_shm.connect(f"shm://{sock}") as bus:
+        parked = _on_park(server)
         claiming = asyncio.ensure_future(bus.jobs.claim("idle", "w", 30.0))
-        await asyncio.sleep(0.1)  # parked in the broker: the case under test
+        await asyncio.wait_for(parked.wait(), 10.0)  # parked in the broker: the case under test
         claiming.cancel()
         with pytest.raises(asyncio.CancelledError):
             await claiming
@@ -214,9 +233,10 @@ async def test_a_resolve_failing_after_an_ack_keeps_the_broker_counts_right(sock
 
 
 async def test_a_cancelled_claim_many_leaves_nothing_claimed(sock: str) -> None:
-    async with running_broker(sock), await klieo_shm.connect(f"shm://{sock}") as bus:
+    async with running_broker(sock) as server, await klieo_shm.connect(f"shm://{sock}") as bus:
+        parked = _on_park(server)
         claiming = asyncio.ensure_future(bus.jobs.claim_many("idle-batch", "w", 30.0, 10))
-        await asyncio.sleep(0.1)  # parked in the broker: the case under test
+        await asyncio.wait_for(parked.wait(), 10.0)  # parked in the broker: the case under test
         claiming.cancel()
         with pytest.raises(asyncio.CancelledError):
             await claiming
@@ -246,3 +266,26 @@ async def test_claim_many_hands_out_what_claim_prefetched_first(sock: str) -> No
             more = await worker.jobs.claim_many("pre", "w", 30.0, 500)
             assert len(more) == min(256, 500 - 30 - held)  # a call: up to its cap
             await worker.jobs.ack_many(more)
+
+
+async def test_a_parked_claim_many_gets_the_whole_batch_that_wakes_it(sock: str) -> None:
+    from klieo_shm.shm import ShmJobQueue
+
+    url = f"shm://{sock}"
+    async with (
+        running_broker(sock) as server,
+        await klieo_shm.connect(url) as bus,
+        await klieo_shm.connect(url) as producer,
+    ):
+        parked = _on_park(server)
+        claiming = asyncio.ensure_future(bus.jobs.claim_many("wake", "w", 30.0, 10))
+        await asyncio.wait_for(parked.wait(), 10.0)  # parked in the broker: the case under test
+        jobs = producer.jobs
+        assert isinstance(jobs, ShmJobQueue)
+        # five jobs in one loop turn: one enqueue call, one wake-up
+        await asyncio.gather(*(jobs.enqueue_async("wake", Job(b"%d" % i)) for i in range(5)))
+
+        got = await asyncio.wait_for(claiming, 10.0)
+
+        assert sorted(job.payload for job in got) == [b"%d" % i for i in range(5)]
+        await bus.jobs.ack_many(got)
