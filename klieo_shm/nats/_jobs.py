@@ -4,8 +4,9 @@
   ``P_jobs`` (headers ``Klieo-Job-Id``, ``Klieo-Max-Attempts``,
   ``Klieo-Dedup-Key``); its workers share the pull consumer
   ``escape_name(q)``. ``claim`` pulls one message, waiting about a second.
-  ``claim_many`` is ``JobQueue``'s default, one claim per call (the puller
-  pulls batch 1); ``ack_many`` acks each job as its ``ack`` does.
+  ``claim_many`` claims one job as ``claim`` does, then the rest of the
+  batch from one ``no_wait`` pull; ``ack_many`` acks each job as its
+  ``ack`` does.
 - ``attempt`` is the delivery count; the claim's fencing ``token`` is the
   delivery's consumer sequence, which grows with every delivery.
 - Claims (their TTL, kept alive by the client under a short server-side
@@ -35,7 +36,7 @@ from nats.aio.msg import Msg as NatsMsg
 from nats.js import api
 
 from .._errors import Conflict, InvalidArgument, NotFound
-from .._handles import ClaimedJob
+from .._handles import ClaimedJob, claim_impl
 from .._interfaces import JobQueue
 from .._names import validate_bucket, validate_queue, validate_worker_id
 from .._values import (
@@ -44,6 +45,7 @@ from .._values import (
     Job,
     JobId,
     QueueStats,
+    check_batch,
     check_duration,
 )
 from ._claims import Claim, ClaimRecords
@@ -55,6 +57,8 @@ from ._puller import Puller
 __all__ = ["NatsJobs"]
 
 CLAIM_WAIT: Final = 1.0
+_READY_WAIT: Final = 2.0
+"""Bound on the wait for the server to end claim_many's no_wait pull (one round trip)."""
 ID: Final = "Klieo-Job-Id"
 MAX_ATTEMPTS: Final = "Klieo-Max-Attempts"
 DEDUP_KEY: Final = "Klieo-Dedup-Key"
@@ -176,28 +180,65 @@ class NatsJobs(JobQueue):
         self.conn.check_open()
         puller = await self._puller(queue)
         deadline = time.monotonic() + CLAIM_WAIT
-        stale_after = self.conn.options.job_ack_wait / 2
         while True:
             got = await puller.next(max(deadline - time.monotonic(), 0.0))
             if got is None:
                 return None
-            arrived, msg = got
-            if time.monotonic() - arrived > stale_after:
-                continue  # left over from an abandoned pull: the server hands it on
-            job = JobMsg(msg)
-            attempt = msg.metadata.num_delivered
-            if attempt > job.max_attempts:
-                reason = f"max attempts ({job.max_attempts}) reached after lease expired"
-                await self.bury(queue, job, attempt - 1, reason)
-                with translated("claim", url=self.conn.url, timeout=_ACK_TIMEOUT):
-                    await self.conn.nc.request(msg.reply, b"+ACK", timeout=_ACK_TIMEOUT)
-                continue
-            key = self.conn.ns.claim_key(queue, job.id)
-            token = msg.metadata.sequence.consumer
-            revision = await self.records.put(key, token, time.time() + lease_ttl)
-            impl = Claim(self, queue, msg, arrived, job, lease_ttl, key, revision)
-            self.claims.add(impl)
-            return ClaimedJob(queue, job.id, job.payload, attempt, impl.token, impl, job.dedup_key)
+            claimed = await self._accept(queue, *got, lease_ttl)
+            if claimed is not None:
+                return claimed
+
+    async def claim_many(
+        self, queue: str, worker_id: str, lease_ttl: float, max_jobs: int
+    ) -> list[ClaimedJob]:
+        """A ``claim`` (waiting as it does), then up to ``max_jobs - 1`` more
+        from one ``no_wait`` pull (what the consumer has now), their claim
+        records written concurrently. If one of those fails, the batch's
+        claims are handed back (each counts as an attempt) and the error is
+        raised."""
+        check_batch(max_jobs)
+        first = await self.claim(queue, worker_id, lease_ttl)
+        if first is None:
+            return []
+        if max_jobs == 1:
+            return [first]
+        puller = await self._puller(queue)
+        ready = await puller.take_ready(max_jobs - 1, _READY_WAIT)
+        results = await asyncio.gather(
+            *(self._accept(queue, arrived, msg, float(lease_ttl)) for arrived, msg in ready),
+            return_exceptions=True,
+        )
+        claimed = [first, *(r for r in results if isinstance(r, ClaimedJob))]
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            for job in claimed:
+                impl = claim_impl(job)
+                if isinstance(impl, Claim):
+                    await impl.abandon()
+            raise failed
+        return claimed
+
+    async def _accept(
+        self, queue: str, arrived: float, msg: NatsMsg, lease_ttl: float
+    ) -> ClaimedJob | None:
+        """``msg`` as a claim of ``lease_ttl`` seconds, or ``None`` when it is
+        not to be handed out: stale, or past its max attempts (then buried)."""
+        if time.monotonic() - arrived > self.conn.options.job_ack_wait / 2:
+            return None  # left over from an abandoned pull: the server hands it on
+        job = JobMsg(msg)
+        attempt = msg.metadata.num_delivered
+        if attempt > job.max_attempts:
+            reason = f"max attempts ({job.max_attempts}) reached after lease expired"
+            await self.bury(queue, job, attempt - 1, reason)
+            with translated("claim", url=self.conn.url, timeout=_ACK_TIMEOUT):
+                await self.conn.nc.request(msg.reply, b"+ACK", timeout=_ACK_TIMEOUT)
+            return None
+        key = self.conn.ns.claim_key(queue, job.id)
+        token = msg.metadata.sequence.consumer
+        revision = await self.records.put(key, token, time.time() + lease_ttl)
+        impl = Claim(self, queue, msg, arrived, job, lease_ttl, key, revision)
+        self.claims.add(impl)
+        return ClaimedJob(queue, job.id, job.payload, attempt, impl.token, impl, job.dedup_key)
 
     # -- dead letters -------------------------------------------------------
     async def bury(self, queue: str, job: JobMsg, attempts: int, reason: str) -> None:

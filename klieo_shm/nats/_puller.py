@@ -10,6 +10,10 @@ knows exactly which requests are still open:
   is open, so a member holds at most the messages it was asked for; a
   delivery ends the open request, a status message (sent to the request's
   own reply subject) ends exactly the request it names;
+- :meth:`take_ready` pulls a batch with ``no_wait`` (again only while no
+  request is open): the server sends the messages it has, up to the batch,
+  then ends the request with a ``404`` status; until then each delivery
+  counts down the open request;
 - a delivery that arrives after its waiter gave up (a timeout, a cancel)
   stays in the buffer for the next :meth:`next` — nothing is lost;
 - ``408``/``404`` end a request, and so does a reconnect (the server
@@ -34,10 +38,12 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg as NatsMsg
 from nats.aio.subscription import Subscription
 
-__all__ = ["PULL_EXPIRES", "Puller", "nak_body"]
+__all__ = ["MAX_PULL_BATCH", "PULL_EXPIRES", "Puller", "nak_body"]
 
 PULL_EXPIRES: Final = 10.0
 """Longest life of one pull request, seconds."""
+MAX_PULL_BATCH: Final = 256
+"""Largest batch of one pull request (the server's API allows up to 256)."""
 
 _MIN_EXPIRES: Final = 0.01
 
@@ -58,6 +64,7 @@ class Puller:
         self._inbox = nc.new_inbox()
         self._ids = itertools.count(1)
         self._open: dict[str, float] = {}  # reply subject -> local expiry (monotonic)
+        self._left: dict[str, int] = {}  # reply subject -> deliveries a batch pull still owes
         self._buffer: deque[tuple[float, NatsMsg]] = deque()
         self._changed = asyncio.Event()
         self._sub: Subscription | None = None
@@ -73,9 +80,9 @@ class Puller:
 
     async def _on_msg(self, msg: NatsMsg) -> None:
         if msg.reply.startswith("$JS.ACK."):
-            # A delivery carries its own subject, not the request's: it ends
-            # the (single) open request of batch 1.
-            self._open.clear()
+            # A delivery carries its own subject, not the request's: it counts
+            # against the (single) open request, which a batch of 1 ends.
+            self._delivered()
             self._buffer.append((time.monotonic(), msg))
         else:  # a status message: no ack subject, the status in its headers
             headers = msg.headers or {}
@@ -83,14 +90,28 @@ class Puller:
             if status == "100":
                 return
             self._open.pop(msg.subject, None)
+            self._left.pop(msg.subject, None)
             description = headers.get("Description", "")
             if status == "503" or (status == "409" and "Deleted" in description):
                 self.gone = True
         self._wake()
 
+    def _delivered(self) -> None:
+        if len(self._open) != 1:  # none, or more than one (cannot tell which): end them
+            self._open.clear()
+            self._left.clear()
+            return
+        reply = next(iter(self._open))
+        left = self._left.pop(reply, 1) - 1
+        if left > 0:
+            self._left[reply] = left
+        else:
+            del self._open[reply]
+
     def reconnected(self) -> None:
         """The connection came back: open pull requests died with the old one."""
         self._open.clear()
+        self._left.clear()
         self._wake()
 
     def _expire_open(self) -> None:
@@ -98,13 +119,43 @@ class Puller:
         for reply, expiry in list(self._open.items()):
             if expiry < now:  # its end status never came (e.g. a server restart)
                 del self._open[reply]
+                self._left.pop(reply, None)
 
-    async def _pull(self, expires: float) -> None:
+    async def _pull(self, expires: float, batch: int = 1, no_wait: bool = False) -> str:
         reply = f"{self._inbox}.{next(self._ids)}"
         expires = max(expires, _MIN_EXPIRES)
         self._open[reply] = time.monotonic() + expires + 2.0
-        request = {"batch": 1, "expires": int(expires * 1e9)}
+        if batch > 1:
+            self._left[reply] = batch
+        request: dict[str, object] = {"batch": batch, "expires": int(expires * 1e9)}
+        if no_wait:
+            request["no_wait"] = True
         await self._nc.publish(self._next_subject, json.dumps(request).encode(), reply=reply)
+        return reply
+
+    async def take_ready(self, n: int, wait: float) -> list[tuple[float, NatsMsg]]:
+        """Up to ``n`` deliveries without waiting for new messages: the
+        buffered ones, then what one ``no_wait`` pull of the rest brings (if
+        no request is open), waiting at most ``wait`` seconds for the server
+        to end that pull. Deliveries of the pull that come later stay in the
+        buffer, as those of a timed-out :meth:`next` do."""
+        buffer = self._buffer
+        out: list[tuple[float, NatsMsg]] = []
+        while buffer and len(out) < n:
+            out.append(buffer.popleft())
+        if len(out) < n and not self._open and not self.closed and not self.gone:
+            reply = await self._pull(wait, min(n - len(out), MAX_PULL_BATCH), no_wait=True)
+            deadline = time.monotonic() + wait
+            while True:
+                self._changed.clear()  # before looking: a later wake-up is kept
+                remaining = deadline - time.monotonic()
+                if reply not in self._open or self.closed or self.gone or remaining <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+            while buffer and len(out) < n:
+                out.append(buffer.popleft())
+        return out
 
     async def next(self, wait: float | None) -> tuple[float, NatsMsg] | None:
         """The next delivery and its arrival time (``time.monotonic``), waiting
