@@ -68,6 +68,18 @@ _JOB_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,255}")
 _ACK_TIMEOUT: Final = 5.0
 
 
+def _accepted(tasks: list[asyncio.Task[ClaimedJob | None]]) -> list[ClaimedJob]:
+    """The claims the finished ``tasks`` made (their errors are dropped: such
+    a job is left to the server, which redelivers it)."""
+    out = []
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is None:
+            job = task.result()
+            if job is not None:
+                out.append(job)
+    return out
+
+
 def _one_line(text: str) -> str:
     return text.replace("\r", " ").replace("\n", " ")
 
@@ -193,30 +205,37 @@ class NatsJobs(JobQueue):
     ) -> list[ClaimedJob]:
         """A ``claim`` (waiting as it does), then up to ``max_jobs - 1`` more
         from one ``no_wait`` pull (what the consumer has now), their claim
-        records written concurrently. If one of those fails, the batch's
-        claims are handed back (each counts as an attempt) and the error is
-        raised."""
+        records written concurrently. A job whose record could not be
+        written is left to the server, which redelivers it after
+        ``job_ack_wait``; the others are returned. Cancelled, the claims
+        made so far are handed back (on NATS each counts as an attempt)."""
         check_batch(max_jobs)
         first = await self.claim(queue, worker_id, lease_ttl)
-        if first is None:
-            return []
-        if max_jobs == 1:
-            return [first]
-        puller = await self._puller(queue)
-        ready = await puller.take_ready(max_jobs - 1, _READY_WAIT)
-        results = await asyncio.gather(
-            *(self._accept(queue, arrived, msg, float(lease_ttl)) for arrived, msg in ready),
-            return_exceptions=True,
-        )
-        claimed = [first, *(r for r in results if isinstance(r, ClaimedJob))]
-        failed = next((r for r in results if isinstance(r, BaseException)), None)
-        if failed is not None:
+        if first is None or max_jobs == 1:
+            return [] if first is None else [first]
+        claimed = [first]
+        tasks: list[asyncio.Task[ClaimedJob | None]] = []
+        try:
+            puller = await self._puller(queue)
+            ready = await puller.take_ready(max_jobs - 1, _READY_WAIT)
+            tasks = [
+                asyncio.ensure_future(self._accept(queue, arrived, msg, float(lease_ttl)))
+                for arrived, msg in ready
+            ]
+            if tasks:
+                await asyncio.wait(tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks)
+            claimed += _accepted(tasks)
             for job in claimed:
                 impl = claim_impl(job)
                 if isinstance(impl, Claim):
                     await impl.abandon()
-            raise failed
-        return claimed
+            raise
+        return claimed + _accepted(tasks)
 
     async def _accept(
         self, queue: str, arrived: float, msg: NatsMsg, lease_ttl: float

@@ -127,9 +127,14 @@ class Puller:
         self._open[reply] = time.monotonic() + expires + 2.0
         if batch > 1:
             self._left[reply] = batch
-        request: dict[str, object] = {"batch": batch, "expires": int(expires * 1e9)}
+        request: dict[str, object] = {"batch": batch}
         if no_wait:
+            # no ``expires``: with it the server holds a no_wait pull that
+            # finds nothing until it expires (nats-server 2.15), instead of
+            # answering 404 at once
             request["no_wait"] = True
+        else:
+            request["expires"] = int(expires * 1e9)
         await self._nc.publish(self._next_subject, json.dumps(request).encode(), reply=reply)
         return reply
 

@@ -67,6 +67,21 @@ async def test_claim_many_waiting_on_an_empty_queue_gets_a_job_enqueued_meanwhil
     await worker.ack_many(got)
 
 
+async def test_claim_many_with_fewer_ready_than_asked_returns_those_without_waiting(
+    world: World,
+):
+    *_, jobs = await world.connect()
+    queue = world.name("q")
+    job_id = await jobs.enqueue(queue, Job(b"only"))
+
+    # a short lease: a batch that waited for more would see it expire and the
+    # job come back into the same batch
+    got = await asyncio.wait_for(jobs.claim_many(queue, "w", 1.0, 10), WAIT)
+
+    assert [job.id for job in got] == [job_id]
+    await jobs.ack_many(got)
+
+
 async def test_claims_of_a_batch_resolve_one_by_one(world: World):
     *_, jobs = await world.connect()
     queue = world.name("q")
