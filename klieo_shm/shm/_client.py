@@ -556,7 +556,7 @@ class ShmClient:
         self._out.append(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            (self._loop or asyncio.get_running_loop()).call_soon(self._flush)
+            self.loop().call_soon(self._flush)
 
     def send(self, event: Event) -> None:
         """Queue ``event`` after everything queued before it (acks, publishes).
@@ -580,7 +580,7 @@ class ShmClient:
                 self._write_out()
             else:
                 self._flush_scheduled = True
-                (self._loop or asyncio.get_running_loop()).call_soon(self._flush)
+                self.loop().call_soon(self._flush)
 
     @property
     def queued(self) -> bool:
@@ -628,7 +628,7 @@ class ShmClient:
         queue, a watch's next changes), so a spinning loop does not spin for
         it."""
         call_id = next(self._call_ids)
-        fut: asyncio.Future[Any] = (self._loop or asyncio.get_running_loop()).create_future()
+        fut: asyncio.Future[Any] = self.loop().create_future()
         if waits:
             self._waits += 1
             fut.add_done_callback(self._wait_done)
@@ -659,7 +659,7 @@ class ShmClient:
         call_id, fut = self.start(make, waits=waits)
         if timeout is None:
             return await fut
-        timer = (self._loop or asyncio.get_running_loop()).call_later(timeout, _expire, fut)
+        timer = self.loop().call_later(timeout, _expire, fut)
         try:
             return await fut
         finally:
@@ -734,7 +734,7 @@ class ShmClient:
         acks.append((delivery_id, 1, kind, delay_ms))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            (self._loop or asyncio.get_running_loop()).call_soon(self._flush)
+            self.loop().call_soon(self._flush)
 
     def _pack_acks(self) -> None:
         acks = self._acks
@@ -751,7 +751,7 @@ class ShmClient:
         (or fails with ``Full``/``Closed``). The caller has called
         :meth:`ensure` and checked the payload limit."""
         self._check_usable()
-        loop = self._loop or asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()  # self.loop() inlined: per message
         fut: asyncio.Future[None] = loop.create_future()
         self._batch.append((subject, headers, payload, fut))
         if not self._flush_scheduled:

@@ -246,8 +246,7 @@ class ShmJobQueue(JobQueue):
         task per job. Jobs queued in one loop turn share one call, in call
         order. Must be called from the bus's event loop.
         """
-        if queue not in self._queues or type(queue) is not str:
-            self._queue(queue)
+        self._queue(queue)
         if not isinstance(job, Job):
             raise InvalidArgument("job", job, "must be a klieo_shm.Job")
         client = self._client
