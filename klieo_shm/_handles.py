@@ -11,12 +11,12 @@ argument checks — so an impl only carries out an operation.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from types import TracebackType
 from typing import Generic, Protocol, TypeVar
 
 from ._errors import AlreadyAcknowledged, Conflict, InvalidArgument, Timeout
-from ._values import Headers, JobId, KvChange, check_duration
+from ._values import Headers, JobId, KvChange, check_batch, check_duration
 
 __all__ = [
     "AckImpl",
@@ -27,10 +27,12 @@ __all__ = [
     "LeaseImpl",
     "Msg",
     "MsgStream",
+    "MsgStreamImpl",
     "Service",
     "ServiceImpl",
     "StreamImpl",
     "ack_each",
+    "ack_impl",
     "claim_impl",
     "take_for_ack",
 ]
@@ -98,7 +100,7 @@ class Msg(_Resolvable):
         delivery_count: int,
         impl: AckImpl,
     ) -> None:
-        super().__init__()
+        self._resolved_by = None  # _Resolvable's state, set here: one call less per delivery
         self.subject = subject
         self.payload = payload
         self.headers = headers
@@ -191,15 +193,45 @@ class _Stream(Generic[T]):
 _S = TypeVar("_S", bound="_Stream[object]")
 
 
+class MsgStreamImpl(StreamImpl[Msg], Protocol):
+    """Backend side of a :class:`MsgStream`: also hands out deliveries that
+    have arrived already, without waiting."""
+
+    def take_ready(self, n: int) -> list[Msg]:
+        """Up to ``n`` deliveries that are ready now (maybe none), in order."""
+        ...
+
+
 class MsgStream(_Stream[Msg]):
     """The deliveries of one member of a durable consumer group.
 
-    Iterate with ``async for``. :meth:`close` ends the membership: the
-    durable stays, and this member's unacknowledged deliveries go to the
-    other members at once.
+    Iterate with ``async for``, or take batches with :meth:`next_many`.
+    :meth:`close` ends the membership: the durable stays, and this member's
+    unacknowledged deliveries go to the other members at once.
     """
 
-    __slots__ = ()
+    __slots__ = ("_batch_impl",)
+
+    def __init__(self, impl: MsgStreamImpl) -> None:
+        super().__init__(impl)
+        self._batch_impl = impl
+
+    async def next_many(self, max_msgs: int, timeout: float | None = None) -> list[Msg]:
+        """Up to ``max_msgs`` deliveries, as JetStream's ``fetch(batch)``:
+        waits as :meth:`next` does for the first one (with ``timeout``,
+        :class:`~klieo_shm.Timeout` when none came), then adds those that are
+        ready at once, without waiting for more. ``[]`` once the stream is
+        closed. Each is a delivery of its own, resolved on its own or with
+        :meth:`Pubsub.ack_many <klieo_shm.Pubsub.ack_many>`."""
+        check_batch(max_msgs, "max_msgs")
+        first = await self.next(timeout)
+        if first is None:
+            return []
+        if max_msgs == 1:
+            return [first]
+        batch = self._batch_impl.take_ready(max_msgs - 1)
+        batch.insert(0, first)
+        return batch
 
 
 class KvWatch(_Stream[KvChange]):
@@ -343,7 +375,7 @@ class ClaimedJob(_Resolvable):
         dedup_key: str | None = None,
         max_attempts: int | None = None,
     ) -> None:
-        super().__init__()
+        self._resolved_by = None  # _Resolvable's state, set here: one call less per delivery
         self.queue = queue
         self.id = id
         self.payload = payload
@@ -379,36 +411,44 @@ class ClaimedJob(_Resolvable):
         await self._impl.dead_letter(str(reason))
 
 
-def take_for_ack(jobs: Iterable[ClaimedJob]) -> list[ClaimedJob]:
-    """``jobs`` as a list, each now resolved by ``ack``: the checks of
-    :meth:`ClaimedJob.ack` for a batch, all done before any job is marked.
-    :class:`~klieo_shm.AlreadyAcknowledged` if one is resolved already or
-    listed twice, :class:`~klieo_shm.InvalidArgument` if one is not a
-    :class:`ClaimedJob`; then no job is marked."""
-    batch = list(jobs)
+_R = TypeVar("_R", "Msg", "ClaimedJob")
+
+
+def take_for_ack(items: Iterable[_R], kind: type[_R]) -> list[_R]:
+    """``items`` as a list, each now resolved by ``ack``: the checks of
+    ``ack`` (:meth:`Msg.ack`, :meth:`ClaimedJob.ack`) for a batch, all done
+    before any item is marked. :class:`~klieo_shm.AlreadyAcknowledged` if
+    one is resolved already or listed twice,
+    :class:`~klieo_shm.InvalidArgument` if one is not a ``kind``; then no
+    item is marked."""
+    what = "message" if kind is Msg else "job"
+    batch = list(items)
     seen: set[int] = set()
-    for job in batch:
-        if not isinstance(job, ClaimedJob):
-            raise InvalidArgument("jobs", type(job).__name__, "must hold ClaimedJob objects")
-        job._check_open("job")
-        if id(job) in seen:
-            raise AlreadyAcknowledged("job", "ack")
-        seen.add(id(job))
-    for job in batch:
-        job._resolved_by = "ack"
+    for item in batch:
+        if not isinstance(item, kind):
+            raise InvalidArgument(
+                f"{what}s", type(item).__name__, f"must hold {kind.__name__} objects"
+            )
+        if item._resolved_by is not None:
+            raise AlreadyAcknowledged(what, item._resolved_by)
+        if id(item) in seen:
+            raise AlreadyAcknowledged(what, "ack")
+        seen.add(id(item))
+    for item in batch:
+        item._resolved_by = "ack"
     return batch
 
 
-async def ack_each(batch: list[ClaimedJob]) -> None:
-    """Ack each job of ``batch`` (from :func:`take_for_ack`) through its own
-    claim, one after the other. Every job is tried; then the first error
+async def ack_each(batch: Sequence[Msg | ClaimedJob]) -> None:
+    """Ack each item of ``batch`` (from :func:`take_for_ack`) through its
+    own impl, one after the other. Every item is tried; then the first error
     other than :class:`~klieo_shm.Conflict` is raised, else the first
-    ``Conflict``. When cancelled, the jobs not tried yet are open again."""
+    ``Conflict``. When cancelled, the items not tried yet are open again."""
     lost: Conflict | None = None
     failed: Exception | None = None
-    for i, job in enumerate(batch):
+    for i, item in enumerate(batch):
         try:
-            await job._impl.ack()
+            await item._impl.ack()
         except Conflict as exc:
             lost = lost or exc
         except asyncio.CancelledError:
@@ -426,3 +466,8 @@ async def ack_each(batch: list[ClaimedJob]) -> None:
 def claim_impl(job: ClaimedJob) -> ClaimImpl:
     """The backend side of ``job`` (for a backend's batch operations)."""
     return job._impl
+
+
+def ack_impl(msg: Msg) -> AckImpl:
+    """The backend side of ``msg`` (for a backend's batch operations)."""
+    return msg._impl

@@ -70,11 +70,12 @@ def check_duration(what: str, seconds: float, *, positive: bool = False) -> floa
     return value
 
 
-def check_batch(max_jobs: int) -> int:
-    """``max_jobs`` of ``JobQueue.claim_many``: an int of at least 1."""
-    if type(max_jobs) is not int or max_jobs < 1:
-        raise InvalidArgument("max_jobs", max_jobs, "must be an int of at least 1")
-    return max_jobs
+def check_batch(size: int, name: str = "max_jobs") -> int:
+    """A batch size (``max_jobs`` of ``JobQueue.claim_many``, ``max_msgs``
+    of ``MsgStream.next_many``): an int of at least 1."""
+    if type(size) is not int or size < 1:
+        raise InvalidArgument(name, size, "must be an int of at least 1")
+    return size
 
 
 def check_headers(headers: object) -> Headers:

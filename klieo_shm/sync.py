@@ -190,6 +190,14 @@ class MsgStream(_Stream[h.MsgStream, Msg]):
     def _wrap(self, item: Any) -> Msg:
         return Msg(self._portal, item)
 
+    def next_many(self, max_msgs: int, timeout: float | None = None) -> list[Msg]:
+        """As :meth:`klieo_shm.MsgStream.next_many`; ``[]`` also once its
+        bus is closed."""
+        if self._portal.stopped:
+            return []
+        inner = self._portal.call(self._inner.next_many(max_msgs, timeout))
+        return [Msg(self._portal, msg) for msg in inner]
+
 
 class KvWatch(_Stream[h.KvWatch, KvChange]):
     """Changes in a bucket; see :class:`klieo_shm.KvWatch`."""
@@ -277,6 +285,18 @@ class _Facade:
         self._link = link
 
 
+def _unwrap(
+    items: Iterable[object], kind: type[_Handle[Any]], portal: Portal, what: str
+) -> list[Any]:
+    """The async handles behind ``items`` (blocking handles of ``kind``);
+    other objects are left for the async call to refuse. ``InvalidArgument``
+    if one belongs to another bus: each bus runs its own loop."""
+    batch = list(items)
+    if any(isinstance(item, kind) and item._portal is not portal for item in batch):
+        raise InvalidArgument(what, "one of another bus", "must come from this bus")
+    return [item._inner if isinstance(item, kind) else item for item in batch]
+
+
 class Pubsub(_Facade):
     """Blocking :class:`klieo_shm.Pubsub`."""
 
@@ -291,6 +311,12 @@ class Pubsub(_Facade):
 
     def delete_durable(self, durable: str) -> None:
         self._link.run(lambda b: b.pubsub.delete_durable(durable))
+
+    def ack_many(self, msgs: Iterable[Msg]) -> None:
+        """As :meth:`klieo_shm.Pubsub.ack_many`, for messages delivered on
+        this bus (``InvalidArgument``, nothing acked, for one of another)."""
+        inner = _unwrap(msgs, Msg, self._link.portal, "messages")
+        self._link.run(lambda b: b.pubsub.ack_many(inner))
 
 
 class RequestReply(_Facade):
@@ -363,11 +389,7 @@ class JobQueue(_Facade):
     def ack_many(self, jobs: Iterable[ClaimedJob]) -> None:
         """As :meth:`klieo_shm.JobQueue.ack_many`, for jobs claimed through
         this bus (``InvalidArgument``, nothing acked, for one of another)."""
-        batch = list(jobs)
-        portal = self._link.portal
-        if any(isinstance(job, ClaimedJob) and job._portal is not portal for job in batch):
-            raise InvalidArgument("jobs", "a job of another bus", "must be claimed on this bus")
-        inner = [job._inner if isinstance(job, ClaimedJob) else job for job in batch]
+        inner = _unwrap(jobs, ClaimedJob, self._link.portal, "jobs")
         self._link.run(lambda b: b.jobs.ack_many(inner))
 
     def dead_letters(self, queue: str) -> list[DeadLetter]:

@@ -12,7 +12,7 @@ import asyncio
 import itertools
 
 from ._errors import NotFound
-from ._handles import ClaimedJob, KvWatch, Lease, MsgStream, Service
+from ._handles import ClaimedJob, KvWatch, Lease, Msg, MsgStream, Service
 from ._interfaces import Handler, JobQueue, KvStore, Pubsub, RequestReply
 from ._names import (
     validate_bucket,
@@ -36,6 +36,9 @@ class _Silent:
 
     async def next(self) -> None:
         await self._closed.wait()
+
+    def take_ready(self, n: int) -> list[Msg]:
+        return []
 
     async def close(self) -> None:
         self._closed.set()

@@ -316,6 +316,16 @@ class _MemberStream:
         )
         return msg
 
+    def take_ready(self, n: int) -> list[Msg]:
+        out: list[Msg] = []
+        with self._state.world.lock:
+            while len(out) < n:
+                _, msg = self._take()
+                if msg is None:
+                    break
+                out.append(msg)
+        return out
+
     async def close(self) -> None:
         with self._state.world.lock:
             self._state.leave(self._member)

@@ -138,9 +138,21 @@ class _Member:
                 return None
             arrived, msg = got
             if time.monotonic() < self.expiry(arrived):
-                break
+                return self._accept(arrived, msg)
             # Waited in the buffer past its ack_wait (nobody was reading):
             # the server redelivers it, so this copy is dropped.
+
+    def take_ready(self, n: int) -> list[Msg]:
+        """Deliveries received already (each :meth:`next` pulls one), as
+        :meth:`next` hands them out; none is pulled for this."""
+        now = time.monotonic()
+        return [
+            self._accept(arrived, msg)
+            for arrived, msg in self.puller.take_buffered(n)
+            if now < self.expiry(arrived)
+        ]
+
+    def _accept(self, arrived: float, msg: NatsMsg) -> Msg:
         meta = msg.metadata
         self.unresolved[id(msg)] = msg
         return Msg(
@@ -267,6 +279,11 @@ class _StreamImpl:
             return await self._member.next()
         except Closed:
             return None
+
+    def take_ready(self, n: int) -> list[Msg]:
+        if self._owner.conn.closed:
+            return []
+        return self._member.take_ready(n)
 
     async def close(self) -> None:
         await self._member.close()

@@ -138,6 +138,14 @@ class Puller:
         await self._nc.publish(self._next_subject, json.dumps(request).encode(), reply=reply)
         return reply
 
+    def take_buffered(self, n: int) -> list[tuple[float, NatsMsg]]:
+        """Up to ``n`` deliveries that have arrived already (no pull)."""
+        buffer = self._buffer
+        out: list[tuple[float, NatsMsg]] = []
+        while buffer and len(out) < n and not self.closed:
+            out.append(buffer.popleft())
+        return out
+
     async def take_ready(self, n: int, wait: float) -> list[tuple[float, NatsMsg]]:
         """Up to ``n`` deliveries without waiting for new messages: the
         buffered ones, then what one ``no_wait`` pull of the rest brings (if

@@ -723,15 +723,24 @@ class ShmClient:
     # --- acks ----------------------------------------------------------------
     def ack(self, delivery_id: int, kind: int = ACK_KIND_ACK, delay_ms: int = 0) -> None:
         """Queue one ack/nak/term/progress; merged into ranges at flush."""
-        if self._lost is not None or self._transport is None:
-            return  # the broker already handed this delivery to others
+        self.ack_all((delivery_id,), kind, delay_ms)
+
+    def ack_all(
+        self, delivery_ids: Sequence[int], kind: int = ACK_KIND_ACK, delay_ms: int = 0
+    ) -> None:
+        """Queue the same ack/nak/term/progress of each delivery, merged into
+        ranges at flush. Nothing once the connection is lost: the broker has
+        handed those deliveries to others."""
+        if self._lost is not None or self._transport is None or not delivery_ids:
+            return
         acks = self._acks
-        if acks:
-            first, n, k, d = acks[-1]
-            if k == kind and d == delay_ms and first + n == delivery_id:
-                acks[-1] = (first, n + 1, k, d)
-                return
-        acks.append((delivery_id, 1, kind, delay_ms))
+        for did in delivery_ids:
+            if acks:
+                first, n, k, d = acks[-1]
+                if k == kind and d == delay_ms and first + n == did:
+                    acks[-1] = (first, n + 1, k, d)
+                    continue
+            acks.append((did, 1, kind, delay_ms))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop().call_soon(self._flush)

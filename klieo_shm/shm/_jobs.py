@@ -450,7 +450,7 @@ class ShmJobQueue(JobQueue):
         now = time.monotonic()
         usable = client.connected
         answered: list[ClaimedJob] = []
-        for job in take_for_ack(jobs):
+        for job in take_for_ack(jobs, ClaimedJob):
             impl = claim_impl(job)
             if (
                 usable

@@ -25,12 +25,13 @@ import contextlib
 import inspect
 import itertools
 import logging
+from collections.abc import Iterable
 from typing import Any, Final
 
 import msgpack
 
 from .._errors import BusError, Closed, PayloadTooLarge, Timeout
-from .._handles import Msg, MsgStream, Service
+from .._handles import Msg, MsgStream, Service, ack_each, ack_impl, take_for_ack
 from .._interfaces import Handler, Pubsub, RequestReply
 from .._names import validate_durable, validate_subject, validate_subject_pattern
 from .._values import Headers, as_bytes, check_duration, check_headers
@@ -167,6 +168,19 @@ class ShmPubsub(Pubsub):
 
     async def delete_durable(self, durable: str) -> None:
         await self._client.call("delete_durable", {"durable": validate_durable(durable)})
+
+    async def ack_many(self, msgs: Iterable[Msg]) -> None:
+        batch = take_for_ack(msgs, Msg)
+        ours = [impl for impl in map(ack_impl, batch) if type(impl) is _Ack]
+        if len(ours) == len(batch):
+            client = self._client
+            gen = client.gen
+            client.ack_all([a._did for a in ours if a._client is client and a._gen == gen])
+            for a in ours:
+                if a._client is not client:  # delivered on another shm bus
+                    a._send(ACK_KIND_ACK)
+        else:  # deliveries of another backend among them
+            await ack_each(batch)
 
     async def _unsubscribe(self, sub: _Sub) -> None:
         if self._subs.pop(sub.sub_id, None) is None:

@@ -44,6 +44,16 @@ class ItemQueue(Generic[T]):
             self.waiter = asyncio.get_running_loop().create_future()
             await self.waiter
 
+    def take_ready(self, n: int) -> list[T]:
+        """Up to ``n`` items already queued, in order, without waiting."""
+        items = self.items
+        if n >= len(items):
+            out = list(items)
+            items.clear()
+            return out
+        pop = items.popleft
+        return [pop() for _ in range(n)]
+
     async def close(self) -> None:
         if self.closed:
             return

@@ -180,3 +180,32 @@ async def test_deleting_a_durable_frees_its_storage_once_its_members_let_go(sock
         await other.pubsub.publish("free.y", b"sync")  # a round trip after the close
         assert store.used == 0
         await other.close()
+
+
+async def test_ack_many_queues_one_range_and_acks_deliveries_of_another_bus_too(
+    sock: str,
+) -> None:
+    async with running_broker(sock):
+        one = await klieo_shm.connect(f"shm://{sock}")
+        two = await klieo_shm.connect(f"shm://{sock}")
+        mine = await one.pubsub.subscribe("many.a", "da", ack_wait=0.3)
+        theirs = await two.pubsub.subscribe("many.b", "db", ack_wait=0.3)
+        for i in range(50):
+            await one.pubsub.publish("many.a", b"%d" % i)
+        await one.pubsub.publish("many.b", b"b")
+        got: list[klieo_shm.Msg] = []
+        while len(got) < 50:
+            got += await mine.next_many(100, timeout=10)
+        other = await theirs.next_many(100, timeout=10)
+        assert len(other) == 1
+        client = one.pubsub._client  # type: ignore[attr-defined]
+
+        await one.pubsub.ack_many(got + other)
+
+        assert len(client._acks) == 1
+        assert client._acks[0][1] == 50
+        for stream in (mine, theirs):  # past ack_wait, nothing comes back
+            with pytest.raises(klieo_shm.Timeout):
+                await stream.next_many(100, timeout=1.3)
+        await one.close()
+        await two.close()

@@ -246,3 +246,40 @@ def test_sync_ack_many_refuses_a_job_of_another_bus_and_acks_none() -> None:
             assert one.jobs.stats("q").claimed == 0
     finally:
         klieo_shm.memory.forget(url.removeprefix("memory://"))
+
+
+def test_sync_pubsub_ack_many_refuses_a_message_of_another_bus_and_acks_none() -> None:
+    url = f"memory://sync-msg-ack-many-{os.getpid()}-{threading.get_ident()}"
+    try:
+        with klieo_shm.sync.connect(url) as one, klieo_shm.sync.connect(url) as two:
+            mine_stream = one.pubsub.subscribe("s.a", "da")
+            their_stream = two.pubsub.subscribe("s.b", "db")
+            one.pubsub.publish("s.a", b"a")
+            one.pubsub.publish("s.b", b"b")
+            mine = mine_stream.next_many(10, timeout=10.0)
+            theirs = their_stream.next_many(10, timeout=10.0)
+            assert [m.payload for m in mine + theirs] == [b"a", b"b"]
+
+            with pytest.raises(klieo_shm.InvalidArgument):
+                one.pubsub.ack_many(mine + theirs)
+
+            assert not mine[0].resolved
+            assert not theirs[0].resolved
+            one.pubsub.ack_many(mine)
+            two.pubsub.ack_many(theirs)
+            assert mine[0].resolved
+            assert theirs[0].resolved
+    finally:
+        klieo_shm.memory.forget(url.removeprefix("memory://"))
+
+
+def test_sync_next_many_after_close_returns_an_empty_list() -> None:
+    url = f"memory://sync-next-many-{os.getpid()}-{threading.get_ident()}"
+    try:
+        bus = klieo_shm.sync.connect(url)
+        stream = bus.pubsub.subscribe("s.a", "da")
+        bus.close()
+
+        assert stream.next_many(10, timeout=1.0) == []
+    finally:
+        klieo_shm.memory.forget(url.removeprefix("memory://"))
