@@ -152,7 +152,7 @@ def test_quick_run_of_klieo_without_journal(short_tmp: Path) -> None:
     assert code == 0, stderr[-2000:]
     rows = {(r["workload"], r["peer"]): r for r in data["rows"] if r["status"] != "n/a"}
     assert set(rows) == {
-        ("W1", "klieo"), ("W1", "klieo-nojournal"),
+        ("W1", "klieo"), ("W1", "klieo-nojournal"), ("W1", "klieo-permsg"),
         ("W5", "klieo"), ("W5", "klieo-sync"), ("W5", "klieo-perjob"),
         ("W5", "klieo-nojournal"),
     }  # fmt: skip
@@ -198,6 +198,7 @@ def test_peer_selection_keeps_the_journal_variant_apart() -> None:
         "klieo-spin",
         "klieo-spin-sync",
         "klieo-perjob",
+        "klieo-permsg",
         "klieo-nojournal",
     ]
     (nojournal,) = select_peers(["klieo-nojournal"])

@@ -3,7 +3,10 @@
 * ``klieo``: the asyncio API (``bus = await klieo_shm.connect(url)``) for W1-W6.
   Publishes and enqueues are pipelined as the NATS peer's ``publish_async``: futures
   (``publish_async``, ``enqueue_async``), up to 4000 or 32 MiB in flight; consumers
-  ack every message.
+  take up to 100 messages (jobs) at a time with ``next_many`` (``claim_many``) and
+  ack them with ``ack_many``, as the Redis peer's XREADGROUP COUNT 100 + XACK.
+* ``klieo-permsg`` / ``klieo-perjob``: the ``klieo`` consumers of W1 and W6 / W5
+  one message (job) at a time: ``async for`` + ``ack`` (``claim`` + ``ack``).
 * ``klieo-sync``: the blocking API (``klieo_shm.sync.connect(url)``) for the
   call-and-return workloads W3 (client side), W4 and W5.
 * ``klieo-nojournal``: the ``klieo`` roles against a second ``klieo-shmd`` started with
@@ -63,6 +66,7 @@ SPIN_US = 100
 INFLIGHT_BYTES = 32 * 1024 * 1024  # publish_async's window in bytes, as the NATS peer's
 LEASE_TTL = 30.0
 JOB_BATCH = 100  # W5 claim_many/ack_many batch, as the Redis peer's XREADGROUP COUNT
+MSG_BATCH = 100  # W1/W2/W6 next_many/ack_many batch, as the Redis peer's XREADGROUP COUNT
 
 
 # A BusError whose text says the backend does not offer the operation yet is reported
@@ -194,17 +198,30 @@ async def publisher(rc: RoleContext) -> RoleResult:
 
 @_arole
 async def subscriber(rc: RoleContext) -> RoleResult:
+    """``next_many`` up to ``batch`` messages + ``Pubsub.ack_many`` (as the
+    Redis peer's XREADGROUP COUNT 100 + XACK); with ``batch`` 1, ``async
+    for`` + ``ack`` per message."""
     bus = await _connect(rc)
     durable = f"d{rc.options['durable']}{rc.params.run_id}"
     stream = await _maybe(bus.pubsub.subscribe(_subject(rc.params), durable))
+    batch = int(rc.options.get("batch", 1))
     await rc.aready()
     got = 0
     async with asyncio.timeout(max(0.01, rc.remaining())):
-        async for msg in stream:
-            await msg.ack()
-            got += 1
-            if got >= rc.count:
-                break
+        if batch > 1:
+            ack_many = bus.pubsub.ack_many
+            while got < rc.count:
+                msgs = await stream.next_many(min(batch, rc.count - got))
+                if not msgs:
+                    break  # the stream ended
+                await ack_many(msgs)
+                got += len(msgs)
+        else:
+            async for msg in stream:
+                await msg.ack()
+                got += 1
+                if got >= rc.count:
+                    break
     t1 = now()
     await _maybe(stream.close())
     await _maybe(bus.close())
@@ -449,15 +466,15 @@ def _async_impls(server: str, **extra: Any) -> dict[str, Impl]:
     options ``extra`` for every role)."""
     opts = {"server": server, **extra}
     return {
-        "W1": _pubsub(1, server, **extra),
-        "W2": _pubsub(1, server, **extra),
+        "W1": _pubsub(1, server, batch=MSG_BATCH, **extra),
+        "W2": _pubsub(1, server, batch=MSG_BATCH, **extra),
         "W3": Impl(
             (Role("server", server_role, opts), Role("client", client, opts)),
             make_shared=_done_shared,
         ),
         "W4": Impl((Role("client", kv_client, opts),)),
         "W5": _jobs(producer, worker, server, batch=JOB_BATCH, **extra),
-        "W6": _pubsub(3, server, **extra),
+        "W6": _pubsub(3, server, batch=MSG_BATCH, **extra),
     }
 
 
@@ -469,7 +486,8 @@ PEERS = [
         family=FAMILY,
         label="durable",
         what="klieo_shm asyncio API; publish_async / enqueue_async up to 4000 (32 MiB) in "
-        "flight; ack per message (W5: claim_many + ack_many of up to 100 jobs); "
+        "flight; next_many + ack_many of up to 100 messages (W5: claim_many + ack_many "
+        "of up to 100 jobs); "
         "klieo-shmd with its defaults (journal on)",
         impls=_async_impls(SERVER),
         requires=_REQ,
@@ -521,6 +539,16 @@ PEERS = [
         label="durable",
         what="the klieo peer's W5 with claim + ack per job instead of claim_many + ack_many",
         impls={"W5": _jobs(producer, worker)},
+        requires=_REQ,
+        servers=_SRV,
+    ),
+    Peer(
+        name=FAMILY + "-permsg",
+        family=FAMILY,
+        label="durable",
+        what="the klieo peer's W1 and W6 with async for + ack per message instead of "
+        "next_many + ack_many",
+        impls={"W1": _pubsub(1), "W6": _pubsub(3)},
         requires=_REQ,
         servers=_SRV,
     ),
