@@ -125,7 +125,7 @@ class KvChange:
     operation: Literal["put", "delete"] = "put"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Job:
     """A unit of work for ``JobQueue.enqueue``.
 
@@ -139,18 +139,28 @@ class Job:
     dedup_key: str | None = None
     max_attempts: int | None = None
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "payload", as_bytes(self.payload))
-        if self.max_attempts is not None and (
-            isinstance(self.max_attempts, bool)
-            or not isinstance(self.max_attempts, int)
-            or self.max_attempts < 1
+    def __init__(
+        self, payload: bytes, dedup_key: str | None = None, max_attempts: int | None = None
+    ) -> None:
+        # The fields are set through their slots: the generated frozen
+        # __init__ (object.__setattr__ per field, then __post_init__) cost
+        # 1.4 us per Job, most of a pipelined enqueue's time.
+        _set_payload(self, payload if type(payload) is bytes else as_bytes(payload))
+        if max_attempts is not None and (
+            isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
         ):
-            raise InvalidArgument("max_attempts", self.max_attempts, "must be an int >= 1 or None")
-        if self.dedup_key is not None:
+            raise InvalidArgument("max_attempts", max_attempts, "must be an int >= 1 or None")
+        _set_max_attempts(self, max_attempts)
+        if dedup_key is not None:
             from ._names import validate_key
 
-            validate_key(self.dedup_key)
+            validate_key(dedup_key)
+        _set_dedup_key(self, dedup_key)
+
+
+_set_payload = Job.__dict__["payload"].__set__
+_set_dedup_key = Job.__dict__["dedup_key"].__set__
+_set_max_attempts = Job.__dict__["max_attempts"].__set__
 
 
 @dataclass(frozen=True, slots=True)
