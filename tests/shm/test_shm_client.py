@@ -209,3 +209,26 @@ async def test_ack_many_queues_one_range_and_acks_deliveries_of_another_bus_too(
                 await stream.next_many(100, timeout=1.3)
         await one.close()
         await two.close()
+
+
+@pytest.mark.parametrize("size", [0, 1, 100, 5000, 60_000])
+async def test_one_batch_of_mixed_headers_keeps_each_message_intact(sock: str, size: int) -> None:
+    """Messages queued in one loop turn share a batch (joined into the arena
+    when small, copied one by one when large): each keeps its own payload,
+    headers and subject."""
+    async with running_broker(sock):
+        bus = await klieo_shm.connect(f"shm://{sock}")
+        stream = await bus.pubsub.subscribe("mix.>", "d")
+        sent = [
+            (f"mix.{i % 3}", os.urandom(size + i), {"i": str(i)} if i % 2 else None)
+            for i in range(20)
+        ]
+        await asyncio.gather(*[bus.pubsub.publish_async(s, p, h) for s, p, h in sent])
+        got: list[klieo_shm.Msg] = []
+        while len(got) < len(sent):
+            got += await stream.next_many(100, timeout=10)
+        assert [(m.subject, m.payload, m.headers) for m in got] == [
+            (s, p, h or {}) for s, p, h in sent
+        ]
+        await bus.pubsub.ack_many(got)
+        await bus.close()
