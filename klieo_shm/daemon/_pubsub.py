@@ -342,12 +342,15 @@ class PubsubState:
         per message, the durables it went to (as an index into a table of
         durable lists)."""
         n = len(ev.descs)
-        packer = _DESCS.get(n)
-        if packer is None:
-            packer = _DESCS[n] = struct.Struct("<" + PUB_DESC.format.lstrip("<") * n)
-        descs = packer.pack(*itertools.chain.from_iterable(ev.descs))
+        descs = ev.raw
+        if len(descs) != n * PUB_DESC.size:  # not decoded from a frame
+            packer = _DESCS.get(n)
+            if packer is None:
+                packer = _DESCS[n] = struct.Struct("<" + PUB_DESC.format.lstrip("<") * n)
+            descs = packer.pack(*itertools.chain.from_iterable(ev.descs))
         first_route = routed[0]
-        if len(set(map(id, routed))) == 1:  # the common case: one subject's durables
+        # the common case, one subject's durables: equal lists are one route
+        if routed.count(first_route) == n:
             routes = [[c.name for c in first_route]]
             route_of = bytes(2 * n)
         else:

@@ -328,7 +328,8 @@ def _decode(kind: int, body: bytes) -> Event:
         (batch_no, region_off, region_len, _), descs, subjects = iter_descriptors(
             body, PUB_HEAD, PUB_DESC, 3, "publish"
         )
-        return PublishBatch(batch_no, region_off, region_len, descs, subjects)
+        raw = body[PUB_HEAD.size : PUB_HEAD.size + len(descs) * PUB_DESC.size]
+        return PublishBatch(batch_no, region_off, region_len, descs, subjects, raw)
     if kind == KIND_DELIVER:
         if len(body) < DELIVER_HEAD.size:
             raise RemoteProtocolError(f"truncated deliver frame: {len(body)} bytes")

@@ -176,13 +176,17 @@ class Error:
 @dataclass(slots=True, eq=False)
 class PublishBatch:
     """Client -> server. ``descs`` are ``(rel_off, hdr_len, pay_len,
-    subj_len)`` tuples; ``subjects`` their subjects concatenated."""
+    subj_len)`` tuples; ``subjects`` their subjects concatenated. ``raw``:
+    the descriptors packed as they came on the wire (set by the decoder, so
+    that a journal can keep them without packing them again; the encoder
+    packs ``descs``)."""
 
     batch_no: int
     region_off: int
     region_len: int
     descs: list[tuple[int, ...]]
     subjects: bytes
+    raw: bytes = b""
 
 
 @dataclass(slots=True)

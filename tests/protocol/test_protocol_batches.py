@@ -26,7 +26,7 @@ from klieo_shm.protocol import (
     Request,
     Respond,
 )
-from klieo_shm.protocol._frames import DELIVER_DESC
+from klieo_shm.protocol._frames import DELIVER_DESC, PUB_DESC
 
 
 def test_publish_batch_round_trips(ready: Link) -> None:
@@ -36,6 +36,7 @@ def test_publish_batch_round_trips(ready: Link) -> None:
     assert (got.batch_no, got.region_off, got.region_len) == (7, 4096, 300)
     assert got.descs == pub.descs
     assert got.subjects == pub.subjects
+    assert got.raw == b"".join(PUB_DESC.pack(*d) for d in pub.descs)  # as on the wire
 
 
 def test_puback_deliver_and_ack_round_trip(ready: Link) -> None:
