@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import operator
 import struct
 import zlib
 from array import array
@@ -304,11 +305,38 @@ class PubsubState:
         self.store[off : off + span] = s.arena[src : src + span]
         first = self.seq + 1
         self.seq += n
+        one_route = routed.count(routed[0]) == n  # equal lists: the same durables
         if self.journal is None and not self.keep_meta:
             block = Block(off, refs)
         else:
-            block = self._journal_publish(ev, routed, off, span, refs, first)
+            block = self._journal_publish(ev, routed, one_route, off, span, refs, first)
         base = off - SLOT.size
+        if one_route:  # the usual batch, of one subject: no Python step per message
+            cons = routed[0]
+            seqs = range(first, first + n)
+            rels, hls, pls, sls = zip(*ev.descs, strict=True)
+            offs = map(operator.add, itertools.repeat(base), rels)
+            packed = map(MSG_DESC.pack, seqs, offs, hls, pls, sls)
+            msgs = list(zip(seqs, subjs, packed, itertools.repeat(block), strict=False))
+            for c in cons:
+                c.pending.extend(msgs)
+            self.dirty.update(cons)
+        else:
+            self._queue_each(ev, subjs, routed, block, first)
+        self._usage()
+        s.send(PubAck(ev.batch_no, first, n, PUBACK_OK))
+        return True
+
+    def _queue_each(
+        self,
+        ev: PublishBatch,
+        subjs: list[bytes],
+        routed: list[list[Consumer]],
+        block: Block,
+        first: int,
+    ) -> None:
+        """Queue each message of a batch of several routes to its durables."""
+        base = block.off - SLOT.size
         dirty = self.dirty
         pack = MSG_DESC.pack
         last: list[Consumer] | None = None
@@ -325,14 +353,12 @@ class PubsubState:
                     dirty.update(cons)
                     last = cons
             seq += 1
-        self._usage()
-        s.send(PubAck(ev.batch_no, first, n, PUBACK_OK))
-        return True
 
     def _journal_publish(
         self,
         ev: PublishBatch,
         routed: list[list[Consumer]],
+        one_route: bool,
         off: int,
         span: int,
         refs: int,
@@ -349,8 +375,7 @@ class PubsubState:
                 packer = _DESCS[n] = struct.Struct("<" + PUB_DESC.format.lstrip("<") * n)
             descs = packer.pack(*itertools.chain.from_iterable(ev.descs))
         first_route = routed[0]
-        # the common case, one subject's durables: equal lists are one route
-        if routed.count(first_route) == n:
+        if one_route:
             routes = [[c.name for c in first_route]]
             route_of = bytes(2 * n)
         else:
