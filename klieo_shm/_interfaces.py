@@ -89,8 +89,11 @@ class Pubsub(ABC):
         Before anything is acked: :class:`~klieo_shm.AlreadyAcknowledged` if
         a message is resolved already or listed twice,
         :class:`~klieo_shm.InvalidArgument` if an item is not a ``Msg``; then
-        none is acked. Otherwise every message is tried, and the first error
-        (:class:`~klieo_shm.Closed`, say) is raised after.
+        none is acked. Otherwise every message is tried, as its ``ack``
+        would be (a delivery no longer held is refused with
+        :class:`~klieo_shm.Conflict` where ``ack`` refuses it); then the
+        first error other than ``Conflict`` is raised, else the first
+        ``Conflict``.
         """
         await ack_each(take_for_ack(msgs, Msg))
 

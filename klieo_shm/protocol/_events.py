@@ -179,7 +179,8 @@ class PublishBatch:
     subj_len)`` tuples; ``subjects`` their subjects concatenated. ``raw``:
     the descriptors packed as they came on the wire (set by the decoder, so
     that a journal can keep them without packing them again; the encoder
-    packs ``descs``)."""
+    packs ``descs``). When set, it is the packing of ``descs``: whoever
+    changes ``descs`` must clear it."""
 
     batch_no: int
     region_off: int

@@ -48,6 +48,39 @@ async def test_next_many_hands_out_every_message_once_in_order(world: World):
     assert await drain(stream) == []
 
 
+async def test_next_many_takes_every_delivery_that_is_ready_at_once(world: World):
+    if world.url.startswith("nats://"):
+        pytest.skip("nats: each next pulls one delivery, so batches are mostly of one")
+    if world.flavour == "sync":
+        pytest.skip("the blocking flavour publishes one call at a time, not as one batch")
+    pubsub, subject, stream = await _stream(world)
+    sent = [b"%d" % i for i in range(10)]
+    # published in one loop turn: one stored batch, one delivery frame on shm
+    await asyncio.gather(*[pubsub.publish(subject, data) for data in sent])
+
+    batch = await stream.next_many(100, timeout=WAIT)
+
+    assert [msg.payload for msg in batch] == sent
+    await pubsub.ack_many(batch)
+
+
+async def test_cancelling_a_waiting_next_many_loses_no_message(world: World):
+    if world.flavour == "sync":
+        pytest.skip("a blocking call cannot be cancelled from another thread")
+    pubsub, subject, stream = await _stream(world)
+    waiting = asyncio.ensure_future(stream.next_many(10, timeout=WAIT))
+    await asyncio.sleep(0.2)  # it is waiting now: that is the case under test
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+
+    await pubsub.publish(subject, b"kept")
+
+    batch = await stream.next_many(10, timeout=WAIT)
+    assert [msg.payload for msg in batch] == [b"kept"]
+    await pubsub.ack_many(batch)
+
+
 async def test_next_many_waits_for_a_message_published_meanwhile(world: World):
     pubsub, subject, stream = await _stream(world)
     waiting = asyncio.ensure_future(stream.next_many(10, timeout=WAIT))

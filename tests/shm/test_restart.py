@@ -188,6 +188,8 @@ async def test_fan_out_state_survives_two_restarts_through_the_snapshot(
         await _take(ps, streams["a"], 100, ack=True)  # a: the first 100 acked
         first = await _take(ps, streams["b"], 150, ack=False)  # b: 100 acked, 50 given back
         await ps.ack_many(first[::3] + first[1::3])
+        # a second stored batch that every durable owes whole
+        await asyncio.gather(*[ps.publish(f"fan.{i % 3}", b"%d" % i) for i in range(300, 400)])
         for stream in streams.values():
             await stream.close()
         restart(broker)
@@ -195,17 +197,17 @@ async def test_fan_out_state_survives_two_restarts_through_the_snapshot(
     owed = {}
     async with bus_on(sock) as bus:
         ps = bus.pubsub
-        for name, count in {"a": 200, "b": 200, "c": 300}.items():
+        for name, count in {"a": 300, "b": 300, "c": 400}.items():
             stream = await ps.subscribe("fan.>", name)
             got = await _take(ps, stream, count, ack=True)
             owed[name] = {m.seq: (m.payload, m.subject, m.delivery_count) for m in got}
             with pytest.raises(klieo_shm.Timeout):
                 await stream.next(timeout=0.5)  # nothing owed beyond
             await stream.close()
-    assert sorted(owed["c"]) == list(range(1, 301))
-    assert sorted(owed["a"]) == list(range(101, 301))
+    assert sorted(owed["c"]) == list(range(1, 401))
+    assert sorted(owed["a"]) == list(range(101, 401))
     held = {m.seq for m in first[2::3]}
-    assert sorted(owed["b"]) == sorted(held | set(range(151, 301)))
+    assert sorted(owed["b"]) == sorted(held | set(range(151, 401)))
     for name, got in owed.items():
         for seq, (payload, subject, dcount) in got.items():
             assert (payload, subject) == (b"%d" % (seq - 1), f"fan.{(seq - 1) % 3}")
