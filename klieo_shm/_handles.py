@@ -100,7 +100,7 @@ class Msg(_Resolvable):
         delivery_count: int,
         impl: AckImpl,
     ) -> None:
-        self._resolved_by = None  # _Resolvable's state, set here: one call less per delivery
+        self._resolved_by = None  # _Resolvable's state, set here: one call less per object
         self.subject = subject
         self.payload = payload
         self.headers = headers
@@ -375,7 +375,7 @@ class ClaimedJob(_Resolvable):
         dedup_key: str | None = None,
         max_attempts: int | None = None,
     ) -> None:
-        self._resolved_by = None  # _Resolvable's state, set here: one call less per delivery
+        self._resolved_by = None  # _Resolvable's state, set here: one call less per object
         self.queue = queue
         self.id = id
         self.payload = payload
