@@ -18,7 +18,7 @@ LEGEND = (
 )
 JOURNAL_LEGEND = (
     "klieo-nojournal = the klieo peer against klieo-shmd --no-state; klieo runs the daemon "
-    "with its defaults (journal on).\n"
+    "with its defaults (journal on); its klieo x is against the klieo row.\n"
     "journal cost = klieo/klieo-nojournal medians of this run (latency: the inverse); "
     "< 1 is what the journal costs."
 )

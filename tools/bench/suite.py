@@ -337,19 +337,25 @@ def _probe_klieo(
 
 
 def _add_ratios(rows: list[Row]) -> None:
-    """Compare every peer row with the best klieo row of the same workload and op."""
+    """Compare every peer row with the best klieo row of the same workload and
+    op; ``klieo-nojournal`` with the ``klieo`` row (the same roles, journal
+    on), as its journal cost line does."""
     best: dict[tuple[str, str], Row] = {}
+    same_roles: dict[tuple[str, str], Row] = {}
     for row in rows:
         if row.peer.family != KLIEO_FAMILY or row.status != "ok" or row.figure is None:
             continue
         key = (row.workload.key, row.op)
+        if row.peer.name == JOURNAL_PEER:
+            same_roles[key] = row
         cur = best.get(key)
         if cur is None or cur.figure is None or _better(row, cur):
             best[key] = row
     for row in rows:
         if row.peer.family == KLIEO_FAMILY or row.figure is None:
             continue
-        ref = best.get((row.workload.key, row.op))
+        key = (row.workload.key, row.op)
+        ref = same_roles.get(key) if row.peer.name == NOJOURNAL else best.get(key)
         if ref is not None and ref.figure is not None:
             row.vs_klieo = ratio(ref.figure.median, row.figure.median, row.higher_is_better)
             row.vs_klieo_peer = ref.peer.name
