@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterable, Sequence
 from types import TracebackType
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, cast
 
 from ._errors import AlreadyAcknowledged, Conflict, InvalidArgument, Timeout
 from ._values import Headers, JobId, KvChange, check_batch, check_duration
@@ -210,11 +210,10 @@ class MsgStream(_Stream[Msg]):
     unacknowledged deliveries go to the other members at once.
     """
 
-    __slots__ = ("_batch_impl",)
+    __slots__ = ()
 
     def __init__(self, impl: MsgStreamImpl) -> None:
         super().__init__(impl)
-        self._batch_impl = impl
 
     async def next_many(self, max_msgs: int, timeout: float | None = None) -> list[Msg]:
         """Up to ``max_msgs`` deliveries, as JetStream's ``fetch(batch)``:
@@ -229,7 +228,7 @@ class MsgStream(_Stream[Msg]):
             return []
         if max_msgs == 1:
             return [first]
-        batch = self._batch_impl.take_ready(max_msgs - 1)
+        batch = cast(MsgStreamImpl, self._impl).take_ready(max_msgs - 1)
         batch.insert(0, first)
         return batch
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import operator
-import struct
 import zlib
 from array import array
 from collections import deque
@@ -41,7 +40,7 @@ from ..protocol import (
     RemoteProtocolError,
     StreamEnd,
 )
-from ..protocol._frames import DELIVER_ID, MSG_DESC, PUB_DESC
+from ..protocol._frames import DELIVER_ID, MSG_DESC, PUB_DESC, pack_rows
 from ._journal import ACKED, DELIVERED, DURABLE, DURABLE_DEL, PUBLISH
 
 if TYPE_CHECKING:
@@ -54,7 +53,6 @@ __all__ = ["Block", "Consumer", "Member", "PubsubState"]
 CHUNK: Final = 128
 """Most messages in one delivery frame."""
 _ROUTE_CACHE_MAX: Final = 65536
-_DESCS: dict[int, struct.Struct] = {}  # n -> Struct packing n PUB_DESCs at once
 MAX_PARKED: Final = 65536
 """Most publish batches of one client waiting for storage (a bound on the
 broker memory a client can pin; each waiting batch also pins arena room)."""
@@ -370,10 +368,7 @@ class PubsubState:
         n = len(ev.descs)
         descs = ev.raw
         if len(descs) != n * PUB_DESC.size:  # not decoded from a frame
-            packer = _DESCS.get(n)
-            if packer is None:
-                packer = _DESCS[n] = struct.Struct("<" + PUB_DESC.format.lstrip("<") * n)
-            descs = packer.pack(*itertools.chain.from_iterable(ev.descs))
+            descs = pack_rows(PUB_DESC, ev.descs)
         first_route = routed[0]
         if one_route:
             routes = [[c.name for c in first_route]]

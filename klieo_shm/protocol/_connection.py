@@ -17,8 +17,6 @@ error the connection is in state ``ERROR``: it may still ``send`` one
 
 from __future__ import annotations
 
-import itertools
-import struct
 from collections.abc import Callable
 from operator import itemgetter
 from typing import Any, Final, Literal, TypeAlias
@@ -66,6 +64,7 @@ from ._frames import (
     PUBACK,
     encode_frame,
     iter_descriptors,
+    pack_rows,
     split_frames,
 )
 
@@ -269,20 +268,6 @@ def _encode_control(
     return FRAME_HEAD.pack(n, KIND_CONTROL) + body
 
 
-_MANY: dict[tuple[str, int], struct.Struct] = {}
-
-
-def _pack_all(desc: struct.Struct, rows: list[tuple[int, ...]]) -> bytes:
-    """``rows`` packed as ``desc`` each, back to back, in one ``pack`` call."""
-    key = (desc.format, len(rows))
-    many = _MANY.get(key)
-    if many is None:
-        if len(_MANY) > 4096:
-            _MANY.clear()
-        many = _MANY[key] = struct.Struct("<" + desc.format.lstrip("<") * len(rows))
-    return many.pack(*itertools.chain.from_iterable(rows))
-
-
 def _encode(event: Event, max_frame: int, packer: msgpack.Packer) -> bytes:
     fixed = ENCODERS.get(type(event))
     if fixed is not None:
@@ -292,7 +277,7 @@ def _encode(event: Event, max_frame: int, packer: msgpack.Packer) -> bytes:
         body = b"".join(
             [
                 PUB_HEAD.pack(event.batch_no, event.region_off, event.region_len, len(event.descs)),
-                _pack_all(PUB_DESC, event.descs),
+                pack_rows(PUB_DESC, event.descs),
                 event.subjects,
             ]
         )

@@ -45,6 +45,7 @@ msgpack map.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from typing import Final, Literal
 
@@ -93,6 +94,7 @@ __all__ = [
     "FrameKind",
     "encode_frame",
     "iter_descriptors",
+    "pack_rows",
     "split_frames",
 ]
 
@@ -226,6 +228,20 @@ def split_frames(buf: bytearray, max_frame: int) -> list[tuple[int, bytes]]:
     if pos:
         del buf[:pos]
     return out
+
+
+_ROWS: dict[tuple[str, int], struct.Struct] = {}
+
+
+def pack_rows(desc: struct.Struct, rows: list[tuple[int, ...]]) -> bytes:
+    """``rows`` packed as ``desc`` each, back to back, in one ``pack`` call."""
+    key = (desc.format, len(rows))
+    many = _ROWS.get(key)
+    if many is None:
+        if len(_ROWS) > 4096:
+            _ROWS.clear()
+        many = _ROWS[key] = struct.Struct("<" + desc.format.lstrip("<") * len(rows))
+    return many.pack(*itertools.chain.from_iterable(rows))
 
 
 def iter_descriptors(
