@@ -18,6 +18,7 @@ from typing import Final
 from .._spin import SpinningEventLoop
 from ._config import (
     DEFAULT_ARENA_SIZE,
+    DEFAULT_KEEP_MIN,
     DEFAULT_KV_MAX_SIZE,
     DEFAULT_KV_SIZE,
     DEFAULT_MAX_ACK_PENDING,
@@ -63,6 +64,13 @@ def _parser() -> argparse.ArgumentParser:
         type=parse_size,
         default=DEFAULT_ARENA_SIZE,
         help="each client's tx arena (default 64M)",
+    )
+    p.add_argument(
+        "--keep-min",
+        type=parse_size,
+        default=DEFAULT_KEEP_MIN,
+        help="publish batches this big or bigger are delivered from the publisher's "
+        "arena, not copied into the store (default 128K; 0: copy all)",
     )
     p.add_argument(
         "--max-payload",
@@ -160,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             socket_path=args.socket,
             store_size=args.store_size,
             arena_size=args.arena_size,
+            keep_min=args.keep_min,
             max_payload=args.max_payload,
             max_ack_pending=args.max_ack_pending,
             member_window=args.member_window,

@@ -49,6 +49,7 @@ from ..protocol._wire_errors import error_to_wire
 from ._config import BrokerConfig, on_memory_fs
 from ._jobs import JobsState, job_calls
 from ._journal import Journal
+from ._kept import MAX_SOURCE_ID, Source
 from ._kv import KV_CALLS, KvState, kv_write
 from ._pubsub import Member, PubsubState
 from ._recovery import STORE_FILE, Recovered, replay, restore, snapshot
@@ -79,6 +80,7 @@ class Session:
         "pid",
         "services",
         "serving",
+        "source",
         "start_time",
         "uid",
         "write",
@@ -97,6 +99,7 @@ class Session:
         self.closed = False
         self.arena_seg: Segment | None = None
         self.arena = memoryview(b"")
+        self.source: Source | None = None  # the arena, when batches may be kept in it
         self.deliveries: dict[int, tuple[Any, ...]] = {}  # id -> (member, msg, deadline, count)
         self.next_did = 1
         self.members: dict[int, Member] = {}
@@ -182,6 +185,8 @@ class Broker:
             dedup=self.kv,
         )
         self.sessions: dict[int, Session] = {}
+        self.pubsub.sessions = self.sessions
+        self._stuck: list[Source] = []  # arenas a shutdown leaves for the next start
         self._ids = itertools.count(1)
         self._req_ids = itertools.count(1)
         self.services: dict[str, list[tuple[Session, int]]] = {}
@@ -236,6 +241,7 @@ class Broker:
             )
         if not on_memory_fs(state_dir):  # a disk: sync the store with the journal
             self.pubsub.checksum = True
+            self.pubsub.keep_min = 0  # arenas are memory: every payload goes to disk
             journal.sync_with(seg.sync)
         journal.rewrite(snapshot(self))
         # From here on the journal names the new store file: nothing may fail
@@ -342,7 +348,12 @@ class Broker:
             r = self.requests.pop(req_id, None)
             if r is not None:
                 r.server.serving.discard(req_id)
-        if s.arena_seg is not None:
+        if s.source is not None:  # the source owns the segment now
+            s.arena = memoryview(b"")
+            s.arena_seg = None
+            source, s.source = s.source, None
+            self.pubsub.close_source(source)
+        elif s.arena_seg is not None:
             s.arena = memoryview(b"")
             s.arena_seg.destroy()
             s.arena_seg = None
@@ -380,6 +391,13 @@ class Broker:
         journal = self.journal
         if journal is not None:
             self.jobs.journal_acks()
+            self._stuck = self.pubsub.settle_kept()
+            for source in self._stuck:
+                log.warning(
+                    "the store has no room for the kept batches in %s: the segment "
+                    "stays for the next start",
+                    source.name,
+                )
             self.pubsub.reclaim()
             self._attach(None)
             journal.close()
@@ -393,6 +411,11 @@ class Broker:
         free = self.pubsub.alloc.free_blocks()
         for s in list(self.sessions.values()):
             self.close_session(s)
+        stuck = set(map(id, self._stuck))
+        for source in list(self.pubsub.sources.values()):  # orphans still owed
+            if id(source) not in stuck:
+                source.destroy()
+        self.pubsub.sources.clear()
         store = self.store_seg
         if isinstance(store, FileSegment):  # it stays for the next start
             self._release_free_store(store, free)
@@ -433,6 +456,10 @@ class Broker:
         size = init_arena(seg.view, s.client_id, s.pid, int(s.start_time * 1e6))
         s.arena_seg = seg
         s.arena = seg.view[HEADER_SIZE : HEADER_SIZE + size]
+        keep_min = self.pubsub.keep_min if s.client_id <= MAX_SOURCE_ID else 0
+        if keep_min:
+            s.source = Source(s, seg, s.arena)
+            self.pubsub.add_source(s.source)
         store = self.store_seg
         s.send(
             Welcome(
@@ -444,6 +471,8 @@ class Broker:
                 store.size,
                 cfg.max_payload,
                 cfg.max_frame,
+                keep_min,
+                f"{self._base}-a",
             )
         )
         log.info("%r: connected", s)

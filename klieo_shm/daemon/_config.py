@@ -12,6 +12,7 @@ from .._spin import MAX_SPIN_US
 
 __all__ = [
     "DEFAULT_ARENA_SIZE",
+    "DEFAULT_KEEP_MIN",
     "DEFAULT_KV_MAX_SIZE",
     "DEFAULT_KV_SIZE",
     "DEFAULT_MAX_ACK_PENDING",
@@ -28,6 +29,7 @@ __all__ = [
 MiB: Final = 1 << 20
 DEFAULT_STORE_SIZE: Final = 256 * MiB
 DEFAULT_ARENA_SIZE: Final = 64 * MiB
+DEFAULT_KEEP_MIN: Final = 128 * 1024
 DEFAULT_MAX_PAYLOAD: Final = 16 * MiB
 DEFAULT_MAX_ACK_PENDING: Final = 1000
 DEFAULT_MEMBER_WINDOW: Final = 256
@@ -91,7 +93,10 @@ class BrokerConfig:
 
     ``store_size``: bytes of broker-owned payload storage (the per-broker
     memory limit for pending payloads). ``arena_size``: each client's tx
-    arena. ``max_payload``: largest payload. ``max_ack_pending``: most
+    arena. ``keep_min``: publish batches of at least this many bytes are
+    delivered from the publisher's arena instead of copied into the store
+    (``_kept``; 0: every batch is copied; a store on disk copies all).
+    ``max_payload``: largest payload. ``max_ack_pending``: most
     unacked deliveries per durable (JetStream's max_ack_pending);
     ``member_window``: most unacked deliveries per member, so one stuck
     member never holds the whole durable. ``publish_timeout``: how long a
@@ -112,6 +117,7 @@ class BrokerConfig:
     socket_path: str = ""
     store_size: int = DEFAULT_STORE_SIZE
     arena_size: int = DEFAULT_ARENA_SIZE
+    keep_min: int = DEFAULT_KEEP_MIN
     max_payload: int = DEFAULT_MAX_PAYLOAD
     max_ack_pending: int = DEFAULT_MAX_ACK_PENDING
     member_window: int = DEFAULT_MEMBER_WINDOW
@@ -134,6 +140,8 @@ class BrokerConfig:
                 f"arena_size {self.arena_size} must be at least twice max_payload "
                 f"({self.max_payload}) plus 64 KiB"
             )
+        if self.keep_min < 0:
+            raise ValueError("keep_min must be >= 0")
         if self.store_size < self.max_payload * 2:
             raise ValueError("store_size must be at least twice max_payload")
         if self.max_ack_pending < 1 or self.member_window < 1:

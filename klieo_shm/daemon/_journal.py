@@ -70,8 +70,9 @@ COMPACT_MIN: Final = 64 << 20
 SEQ: Final = 1  # [SEQ, last publish sequence]
 DURABLE: Final = 2  # [DURABLE, name, pattern, ack_wait]
 DURABLE_DEL: Final = 3  # [DURABLE_DEL, name]
-# [PUBLISH, first_seq, descs, subjects, routes, route_of, off, span, crc32 or -1]
-# (the batch's region: span bytes at off in the store's data area)
+# [PUBLISH, first_seq, descs, subjects, routes, route_of, off, span, crc32 or -1,
+#  arena]  (the batch's region: span bytes at off in the store's data area, or
+#  -- a kept batch -- in the data area of the arena segment named ``arena``)
 PUBLISH: Final = 4
 DELIVERED: Final = 5  # [DELIVERED, durable, seqs]  each delivered once more
 ACKED: Final = 6  # [ACKED, durable, seqs]
@@ -94,12 +95,14 @@ LEASE: Final = 23  # [LEASE, bucket, key, token, pid, start, ttl]
 LEASE_END: Final = 24  # [LEASE_END, bucket, key, token]
 LEASE_TOKEN: Final = 25  # [LEASE_TOKEN, bucket, key, last token]  (snapshots)
 STORE: Final = 26  # [STORE, file name in the state directory]  (snapshots, first)
+MOVED: Final = 27  # [MOVED, first_seq, off, crc32 or -1]  a kept batch now in the store
 
 
 OPS: Final = frozenset(
     {SEQ, DURABLE, DURABLE_DEL, PUBLISH, DELIVERED, ACKED, COUNTS}
     | {JOB_ADD, JOB_CLAIM, JOB_ACK, JOB_READY, JOB_DEAD, JOB_REQUEUE, JOB_DISCARD}
     | {JOB_TOKENS, JOB_LETTER, KV_PUT, KV_DEL, KV_REV, LEASE, LEASE_END, LEASE_TOKEN, STORE}
+    | {MOVED}
 )
 """Every op a record may carry; anything else ends the journal where it stands."""
 

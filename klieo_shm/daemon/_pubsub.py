@@ -6,8 +6,8 @@ here does I/O; events to send go through ``Session.send``.
 Data model (chosen so the per-message cost is a few C-level operations):
 
 * a *block* is one publish batch copied from a client's arena into the
-  store, freed when its reference count (message x matching durable) drops
-  to zero;
+  store -- or, when kept (``_kept``), left where it lies in the arena --
+  freed when its reference count (message x matching durable) drops to zero;
 * a *message* is a tuple ``(seq, subject, desc, block)`` where ``desc`` is
   its ``MSG_DESC`` packed once; one tuple is shared by every durable it
   matched, and every delivery frame reuses ``desc``;
@@ -33,15 +33,19 @@ from ..protocol import (
     ACK_KIND_NAK,
     ACK_KIND_PROGRESS,
     PUBACK_FULL,
+    PUBACK_KEPT,
     PUBACK_OK,
+    ArenaGone,
     DeliverBatch,
     PubAck,
     PublishBatch,
+    Release,
     RemoteProtocolError,
     StreamEnd,
 )
 from ..protocol._frames import DELIVER_ID, MSG_DESC, PUB_DESC, pack_rows
-from ._journal import ACKED, DELIVERED, DURABLE, DURABLE_DEL, PUBLISH
+from ._journal import ACKED, DELIVERED, DURABLE, DURABLE_DEL, MOVED, PUBLISH
+from ._kept import Source
 
 if TYPE_CHECKING:
     from ._broker import Session
@@ -53,6 +57,7 @@ __all__ = ["Block", "Consumer", "Member", "PubsubState"]
 CHUNK: Final = 128
 """Most messages in one delivery frame."""
 _ROUTE_CACHE_MAX: Final = 65536
+_FIRST = operator.attrgetter("first")
 MAX_PARKED: Final = 65536
 """Most publish batches of one client waiting for storage (a bound on the
 broker memory a client can pin; each waiting batch also pins arena room)."""
@@ -62,12 +67,14 @@ _Routed = tuple[list[bytes], list[list["Consumer"]]]
 
 
 class Block:
-    """One publish batch in the store; freed when ``refs`` reaches 0.
-    ``span`` bytes at ``off`` hold the batch's region after its slot header;
-    ``descs`` (packed ``PUB_DESC``) and ``subjects`` describe its messages,
-    the first of which got sequence ``first`` (kept for journal snapshots)."""
+    """One publish batch in the store, or kept in the arena of ``src``;
+    freed (released) when ``refs`` reaches 0. ``span`` bytes at ``off`` (in
+    the store, or in ``src``'s data area) hold the batch's region after its
+    slot header; ``descs`` (packed ``PUB_DESC``) and ``subjects`` describe
+    its messages, the first of which got sequence ``first`` (kept for
+    journal snapshots); ``batch_no`` is the publisher's (for ``Release``)."""
 
-    __slots__ = ("descs", "first", "off", "refs", "span", "subjects")
+    __slots__ = ("batch_no", "descs", "first", "off", "refs", "span", "src", "subjects")
 
     def __init__(
         self,
@@ -77,6 +84,8 @@ class Block:
         first: int = 0,
         descs: bytes = b"",
         subjects: bytes = b"",
+        src: Source | None = None,
+        batch_no: int = 0,
     ) -> None:
         self.off = off
         self.refs = refs
@@ -84,6 +93,8 @@ class Block:
         self.first = first
         self.descs = descs
         self.subjects = subjects
+        self.src = src
+        self.batch_no = batch_no
 
 
 class Member:
@@ -153,6 +164,11 @@ class PubsubState:
         # blocks freed while a journal is attached, reused once the records
         # that freed them are written (see reclaim)
         self._freed: list[int] = []
+        # kept batches: the smallest region kept (0: none), the arenas
+        # (client id -> Source, orphans included), every client (for ArenaGone)
+        self.keep_min = config.keep_min
+        self.sources: dict[int, Source] = {}
+        self.sessions: dict[int, Session] = {}
 
     # --- durables ------------------------------------------------------------
     def subscribe(
@@ -289,26 +305,39 @@ class PubsubState:
             s.send(PubAck(ev.batch_no, first, n, PUBACK_OK))
             return True
         span = ev.region_len - SLOT.size
-        off = self.alloc.alloc(span)
-        if off is None:
-            if not self._freed:
-                return False
-            self.reclaim()
-            off = self.alloc.alloc(span)
-            if off is None:
-                return False
-        src = ev.region_off + SLOT.size
-        # SYNC POINT: payload bytes written to the store before the DeliverBatch
-        # naming them is sent (the socket write orders them for the reader).
-        self.store[off : off + span] = s.arena[src : src + span]
+        source = s.source if ev.keep and self.keep_min and ev.region_len >= self.keep_min else None
+        if source is not None:  # kept: delivered from the arena, not copied
+            off = ev.region_off + SLOT.size
+            base = source.tag | ev.region_off
+        else:
+            got = self.alloc.alloc(span)
+            if got is None:
+                if not self._freed:
+                    return False
+                self.reclaim()
+                got = self.alloc.alloc(span)
+                if got is None:
+                    return False
+            off = got
+            base = off - SLOT.size
+            src = ev.region_off + SLOT.size
+            # SYNC POINT: payload bytes written to the store before the DeliverBatch
+            # naming them is sent (the socket write orders them for the reader).
+            self.store[off : off + span] = s.arena[src : src + span]
         first = self.seq + 1
         self.seq += n
         one_route = routed.count(routed[0]) == n  # equal lists: the same durables
         if self.journal is None and not self.keep_meta:
             block = Block(off, refs)
         else:
-            block = self._journal_publish(ev, routed, one_route, off, span, refs, first)
-        base = off - SLOT.size
+            block = self._journal_publish(ev, routed, one_route, off, span, refs, first, source)
+        status = PUBACK_OK
+        if source is not None:
+            block.src = source
+            block.batch_no = ev.batch_no
+            source.live.add(block)
+            source.kept_any = True
+            status = PUBACK_KEPT
         if one_route:  # the usual batch, of one subject: no Python step per message
             cons = routed[0]
             seqs = range(first, first + n)
@@ -320,9 +349,9 @@ class PubsubState:
                 c.pending.extend(msgs)
             self.dirty.update(cons)
         else:
-            self._queue_each(ev, subjs, routed, block, first)
+            self._queue_each(ev, subjs, routed, block, base, first)
         self._usage()
-        s.send(PubAck(ev.batch_no, first, n, PUBACK_OK))
+        s.send(PubAck(ev.batch_no, first, n, status))
         return True
 
     def _queue_each(
@@ -331,10 +360,11 @@ class PubsubState:
         subjs: list[bytes],
         routed: list[list[Consumer]],
         block: Block,
+        base: int,
         first: int,
     ) -> None:
-        """Queue each message of a batch of several routes to its durables."""
-        base = block.off - SLOT.size
+        """Queue each message of a batch of several routes to its durables
+        (``base``: what a message's offset in the region is added to)."""
         dirty = self.dirty
         pack = MSG_DESC.pack
         last: list[Consumer] | None = None
@@ -361,10 +391,11 @@ class PubsubState:
         span: int,
         refs: int,
         first: int,
+        source: Source | None,
     ) -> Block:
-        """Record a stored batch: its region in the store, descriptors and,
-        per message, the durables it went to (as an index into a table of
-        durable lists)."""
+        """Record a stored batch: its region in the store (or in the arena
+        segment of ``source``, named), descriptors and, per message, the
+        durables it went to (as an index into a table of durable lists)."""
         n = len(ev.descs)
         descs = ev.raw
         if len(descs) != n * PUB_DESC.size:  # not decoded from a frame
@@ -395,7 +426,8 @@ class PubsubState:
                     route_of,
                     off,
                     span,
-                    self.crc(off, span),
+                    -1 if source is not None else self.crc(off, span),
+                    source.name if source is not None else None,
                 ]
             )
         return Block(off, refs, span, first, descs, ev.subjects)
@@ -421,10 +453,65 @@ class PubsubState:
     def _release(self, block: Block, n: int = 1) -> None:
         block.refs -= n
         if block.refs == 0:
-            if self.journal is not None:
+            if block.src is not None:
+                self._unkeep(block.src, block)
+            elif self.journal is not None:
                 self._freed.append(block.off)  # the journal still names it
             else:
                 self.alloc.free(block.off)
+
+    # --- kept batches (see _kept) ----------------------------------------------
+    def add_source(self, source: Source) -> None:
+        """A connected client's arena, from which its kept batches are read."""
+        self.sources[source.client_id] = source
+
+    def close_source(self, source: Source) -> None:
+        """Its client went away: the arena goes now, or once nothing kept in
+        it is owed any more."""
+        source.session = None
+        if not source.live:
+            self._drop_source(source)
+
+    def _unkeep(self, source: Source, block: Block) -> None:
+        source.live.discard(block)
+        block.src = None
+        if source.session is not None:
+            source.session.send(Release([block.batch_no]))
+        elif not source.live:
+            self._drop_source(source)
+
+    def _drop_source(self, source: Source) -> None:
+        if self.sources.pop(source.client_id, None) is None:
+            return
+        source.destroy()
+        if source.kept_any:  # clients may have it mapped
+            gone = ArenaGone(source.client_id)
+            for s in self.sessions.values():
+                s.send(gone)
+
+    def settle_kept(self) -> list[Source]:
+        """Copy every kept batch still owed into the store, journalling the
+        move (before a clean shutdown: the arenas go, the store file stays);
+        return the sources some of whose batches found no room (their
+        segments must stay for the next start, which copies them then)."""
+        journal = self.journal
+        self.reclaim()
+        stuck: list[Source] = []
+        for source in list(self.sources.values()):
+            for block in sorted(source.live, key=_FIRST):
+                off = self.alloc.alloc(block.span)
+                if off is None:
+                    break
+                src = block.off
+                self.store[off : off + block.span] = source.view[src : src + block.span]
+                if journal is not None:
+                    journal.append([MOVED, block.first, off, self.crc(off, block.span)])
+                block.off = off
+                block.src = None
+                source.live.discard(block)
+            if source.live:
+                stuck.append(source)
+        return stuck
 
     def reclaim(self) -> None:
         """Free the blocks released since the last call, after writing the
@@ -644,6 +731,8 @@ class PubsubState:
         return {
             "store_used": self.alloc.used,
             "store_size": self.alloc.size,
+            "kept_batches": sum(len(src.live) for src in self.sources.values()),
+            "orphan_arenas": sum(1 for src in self.sources.values() if src.session is None),
             "consumers": {
                 name: {
                     "pattern": c.pattern,

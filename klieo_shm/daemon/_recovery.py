@@ -3,7 +3,8 @@
 ``replay(records)`` folds journal records (``_journal`` ops) into plain
 models; ``restore(broker, recovered, state_dir)`` loads them into a fresh
 broker's pubsub, jobs and KV state, copying each owed payload region from
-the store file the journal names into the broker's new one (which also
+the store file the journal names (or, for a kept batch, from the arena
+segment the dead broker left) into the broker's new one (which also
 compacts the store, and lets ``--store-size`` change between starts);
 ``snapshot(broker)`` yields records that rebuild the broker's current state
 (the start of a compacted journal). What a restart promises:
@@ -25,8 +26,8 @@ Not kept: nak delays of messages (they are pending again at once), claim and
 lease deadlines (a kept claim or lease gets its full TTL again from the
 restart), and whatever no client was told of (parked publishes, enqueues
 waiting for room). A payload region whose crc32 (kept for a store on disk)
-does not match, or whose store file is gone, loses its messages, and the
-log says how many.
+does not match, or whose store file or arena segment is gone, loses its
+messages, and the log says how many.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import contextlib
 import heapq
 import itertools
 import logging
+import mmap
 import operator
 import os
 import time
@@ -46,12 +48,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._values import DEFAULT_MAX_ATTEMPTS
-from ..layout import SLOT, LayoutError, open_store
+from ..layout import ARENA_MAGIC, ARENA_VERSION, HEADER_SIZE, SLOT, LayoutError, open_store
+from ..layout._header import check_header
 from ..protocol._frames import MSG_DESC, PUB_DESC
 from . import _journal as J
 from ._leases import holder_alive
 from ._pubsub import Block, Consumer, Message
-from ._segments import map_readonly
+from ._segments import SHM_DIR, map_readonly
 
 if TYPE_CHECKING:
     from ._broker import Broker
@@ -97,8 +100,8 @@ class Recovered:
     seq: int = 0
     store: str | None = None  # the store file's name in the state directory
     durables: dict[str, _Durable] = field(default_factory=dict)
-    # first seq -> (off, span, crc32 or -1, descs, subjects)
-    batches: dict[int, tuple[int, int, int, bytes, bytes]] = field(default_factory=dict)
+    # first seq -> (off, span, crc32 or -1, descs, subjects, arena segment or None)
+    batches: dict[int, tuple[int, int, int, bytes, bytes, str | None]] = field(default_factory=dict)
     queues: dict[str, _Queue] = field(default_factory=dict)
     kv: dict[tuple[str, str], tuple[bytes | None, int]] = field(default_factory=dict)
     revisions: dict[str, int] = field(default_factory=dict)
@@ -138,8 +141,8 @@ def _store(r: Recovered, rec: list[Any]) -> None:
 
 
 def _publish(r: Recovered, rec: list[Any]) -> None:
-    _, first, descs, subjects, routes, route_of, off, span, crc = rec
-    r.batches[first] = (off, span, crc, descs, subjects)
+    _, first, descs, subjects, routes, route_of, off, span, crc, *arena = rec
+    r.batches[first] = (off, span, crc, descs, subjects, arena[0] if arena else None)
     targets = [[r.durables.get(name) for name in names] for names in routes]
     idx = array("H")
     idx.frombytes(route_of)
@@ -148,6 +151,13 @@ def _publish(r: Recovered, rec: list[Any]) -> None:
             if d is not None:
                 d.live[first + i] = 0
     r.seq = max(r.seq, first + len(idx) - 1)
+
+
+def _moved(r: Recovered, rec: list[Any]) -> None:
+    _, first, off, crc = rec
+    batch = r.batches.get(first)
+    if batch is not None:
+        r.batches[first] = (off, batch[1], crc, batch[3], batch[4], None)
 
 
 def _seqs(data: bytes) -> array[int]:
@@ -313,6 +323,7 @@ _APPLY = {
     J.LEASE_END: _lease_end,
     J.LEASE_TOKEN: _lease_token,
     J.STORE: _store,
+    J.MOVED: _moved,
 }
 
 
@@ -357,14 +368,54 @@ def _restore_pubsub(b: Broker, r: Recovered, state_dir: str) -> None:
         b.pubsub._usage()
         return
     m, old = _old_store(r, state_dir)
+    arenas = _OldArenas()
     try:
-        _copy_owed(b, r, owed, old)
+        _copy_owed(b, r, owed, old, arenas)
     finally:
+        arenas.close()
         with contextlib.suppress(BufferError):  # a view still alive: the GC unmaps
             if old is not None:
                 old.release()
             if m is not None:
                 m.close()
+
+
+class _OldArenas:
+    """The data areas of the arena segments a dead broker left (kept
+    batches live there), each mapped read-only on first use."""
+
+    def __init__(self) -> None:
+        self._maps: dict[str, tuple[mmap.mmap, memoryview] | None] = {}
+
+    def data(self, name: str) -> memoryview | None:
+        """``name``'s data area, or None if it is gone or not an arena."""
+        if name not in self._maps:
+            self._maps[name] = None
+            try:
+                m = map_readonly(SHM_DIR + name)
+            except (OSError, ValueError) as exc:  # ValueError: an empty segment
+                log.error("cannot map the arena segment %s: %s", name, exc)
+                return None
+            whole = memoryview(m)
+            try:
+                size = check_header(whole, ARENA_MAGIC, ARENA_VERSION)
+            except LayoutError as exc:
+                log.error("arena segment %s: %s", name, exc)
+                whole.release()
+                m.close()
+                return None
+            self._maps[name] = (m, whole[HEADER_SIZE : HEADER_SIZE + size])
+            whole.release()
+        got = self._maps[name]
+        return None if got is None else got[1]
+
+    def close(self) -> None:
+        for got in self._maps.values():
+            if got is not None:
+                with contextlib.suppress(BufferError):
+                    got[1].release()
+                    got[0].close()
+        self._maps.clear()
 
 
 def _owed(b: Broker, r: Recovered) -> dict[int, dict[int, list[tuple[Consumer, int]]]]:
@@ -397,15 +448,17 @@ def _copy_owed(
     r: Recovered,
     owed: dict[int, dict[int, list[tuple[Consumer, int]]]],
     old: memoryview | None,
+    arenas: _OldArenas,
 ) -> None:
     ps = b.pubsub
     lost = 0
     for first in sorted(owed):
-        old_off, span, crc, descs, subjects = r.batches[first]
+        old_off, span, crc, descs, subjects, arena = r.batches[first]
         by_seq = owed[first]
         region = None
-        if old is not None and old_off + span <= len(old):
-            region = old[old_off : old_off + span]
+        src = old if arena is None else arenas.data(arena)
+        if src is not None and old_off + span <= len(src):
+            region = src[old_off : old_off + span]
             if crc != -1 and zlib.crc32(region) != crc:
                 region = None
         if region is None:
@@ -437,7 +490,8 @@ def _copy_owed(
                     c.counts[seq] = count
     if lost:
         log.error(
-            "%d messages are lost: their payloads are not intact in the store file %s",
+            "%d messages are lost: their payloads are not intact in the store file %s "
+            "or the arenas of the stopped broker",
             lost,
             r.store,
         )
@@ -584,7 +638,8 @@ def _snapshot_pubsub(b: Broker) -> Iterator[Any]:
             route_of,
             block.off,
             block.span,
-            ps.crc(block.off, block.span),
+            -1 if block.src is not None else ps.crc(block.off, block.span),
+            block.src.name if block.src is not None else None,
         ]
     for name, seen in counts.items():
         seqs = sorted(seen)

@@ -2,7 +2,9 @@
 
 Only the broker creates and unlinks segments. Names are
 ``/<prefix>-<broker pid>-<role>``; at start the broker removes every segment
-of its prefix (it has checked first that no live broker owns the socket).
+of its prefix (it has checked first that no live broker owns the socket) --
+after recovering from its journal, which may read kept batches out of the
+arena segments a dead broker left.
 Never ``multiprocessing.shared_memory``: its resource tracker would unlink
 segments other processes still use.
 
@@ -138,8 +140,9 @@ def map_readonly(path: str) -> mmap.mmap:
         os.close(fd)
 
 
-def remove_stale(prefix: str) -> list[str]:
-    """Unlink every segment whose name starts with ``prefix-``; return them.
+def remove_stale(prefix: str, keep: str | None = None) -> list[str]:
+    """Unlink every segment whose name starts with ``prefix-`` (but not with
+    ``keep``, when given); return them.
 
     Call only after making sure no live broker uses the prefix.
     """
@@ -149,7 +152,7 @@ def remove_stale(prefix: str) -> list[str]:
     except FileNotFoundError:
         return removed
     for entry in names:
-        if entry.startswith(prefix + "-"):
+        if entry.startswith(prefix + "-") and not (keep and entry.startswith(keep)):
             try:
                 posix_ipc.unlink_shared_memory("/" + entry)
                 removed.append(entry)

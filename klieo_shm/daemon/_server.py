@@ -195,10 +195,15 @@ class BrokerServer:
             raise RuntimeError(f"another broker is already serving {path}")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        removed = remove_stale(cfg.prefix)
+        # A dead broker's segments go once this broker has started: recovery
+        # copies kept batches out of the arenas it left. Only names this
+        # broker is about to create (a dead broker of the same pid) go first.
+        mine = f"{cfg.prefix}-{os.getpid()}"
+        removed = remove_stale(mine)
+        self.broker = Broker(cfg)
+        removed += remove_stale(cfg.prefix, keep=mine + "-")
         if removed:
             log.info("removed %d segments left by a dead broker: %s", len(removed), removed)
-        self.broker = Broker(cfg)
         self._gid = self.broker.gid
 
     def _protect(self) -> None:

@@ -9,14 +9,17 @@ described by the byte maps are shared. Nothing here opens or maps a segment
 
 from __future__ import annotations
 
+from ._arena import ALIGN as ALIGN
 from ._arena import ARENA_MAGIC as ARENA_MAGIC
 from ._arena import ARENA_VERSION as ARENA_VERSION
+from ._arena import KEEP_ZONE as KEEP_ZONE
 from ._arena import SLOT as SLOT
 from ._arena import RingAllocator as RingAllocator
 from ._arena import check_slot as check_slot
 from ._arena import init_arena as init_arena
 from ._arena import open_arena as open_arena
 from ._arena import write_slot as write_slot
+from ._fit import FitAllocator as FitAllocator
 from ._header import HEADER_SIZE as HEADER_SIZE
 from ._header import LayoutError as LayoutError
 from ._header import read_word as read_word

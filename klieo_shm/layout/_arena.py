@@ -3,16 +3,20 @@
 The broker creates the segment (mode 0600), writes the header and gives its
 name to one client in ``Welcome``; that client maps it read-write and is its
 only writer. The broker maps it read-only and copies published payloads out
-into its own store; it never keeps a reference into the arena past the
-``PubAck`` of the batch, so the client may reuse the bytes once acked.
+into its own store; it keeps no reference into the arena past the ``PubAck``
+of a batch unless that ``PubAck`` says ``PUBACK_KEPT``. A kept batch (one the
+client offered with ``PUB_FLAG_KEEP``) is delivered from where it lies: other
+clients map the arena read-only to read it, and the client leaves its region
+untouched until a ``Release`` names the batch. That saves the broker's copy
+of large payloads (two copies end to end instead of three).
 
 Byte map::
 
     offset  size  field
-    0       64    common header (``_header``): magic b"KLIEOARN", version 1,
+    0       64    common header (``_header``): magic b"KLIEOARN", version 2,
                   data_size; word 3 = owner client id, word 4 = owner pid,
                   word 5 = owner start time in microseconds since the epoch
-    64      n     data area: a ring of batch regions
+    64      n     data area: batch regions
 
 Each batch region in the data area::
 
@@ -25,11 +29,14 @@ A region is contiguous (never wraps); ``region_off`` in a publish frame is the
 offset of the slot header within the data area. The owner tag lets the broker
 refuse a frame that points at bytes its client did not write, and lets anyone
 reclaim a dead client's slots (the broker drops the whole arena when the
-client's socket closes).
+client's socket closes and no kept batch of it is owed any more).
 
-Allocation is the client's private business: ``RingAllocator`` hands out
-regions in FIFO order and frees them in the same order, which is the order
-the broker acks batches in.
+Allocation is the client's private business. When its broker keeps batches
+(``Welcome.keep_min`` > 0) the client splits the data area: a
+``RingAllocator`` ring, whose regions are freed in the order the broker
+answers batches, and a keep zone (the last ``1/KEEP_ZONE`` of the area) for
+the batches it offers for keeping, which a ``FitAllocator`` frees in any
+order. Otherwise the ring spans the whole data area.
 """
 
 from __future__ import annotations
@@ -41,8 +48,10 @@ from typing import Final
 from ._header import HEADER_SIZE, check_header, read_word, write_header, write_word
 
 __all__ = [
+    "ALIGN",
     "ARENA_MAGIC",
     "ARENA_VERSION",
+    "KEEP_ZONE",
     "SLOT",
     "RingAllocator",
     "check_slot",
@@ -52,10 +61,12 @@ __all__ = [
 ]
 
 ARENA_MAGIC: Final = b"KLIEOARN"
-ARENA_VERSION: Final = 1
+ARENA_VERSION: Final = 2
 SLOT: Final = struct.Struct("<IIQ")
 """owner client id u32, region_len u32, batch_no u64."""
 ALIGN: Final = 64
+KEEP_ZONE: Final = 2
+"""With kept batches, the keep zone is the last 1/KEEP_ZONE of the data area."""
 
 _W_OWNER: Final = 3
 _W_PID: Final = 4

@@ -48,7 +48,10 @@ __all__ = [
 ]
 
 JOURNAL_MAGIC: Final = b"KLIEOJNL"
-JOURNAL_VERSION: Final = 4
+JOURNAL_VERSION: Final = 5
+READS_VERSIONS: Final = frozenset({4, JOURNAL_VERSION})
+"""Versions this code reads: version 4 lacks kept batches (``PUBLISH`` has no
+arena item, no ``MOVED``), and is otherwise version 5."""
 JOURNAL_HEADER: Final = struct.Struct("<8sII")
 MAX_RECORD: Final = 1 << 30
 """No record body is longer (a longer length field is a torn or foreign file)."""
@@ -72,10 +75,10 @@ def check_journal_header(head: bytes) -> None:
     magic, version, _ = JOURNAL_HEADER.unpack_from(head)
     if magic != JOURNAL_MAGIC:
         raise JournalFormatError(f"not a klieo journal (magic {magic!r})")
-    if version != JOURNAL_VERSION:
+    if version not in READS_VERSIONS:
         raise JournalFormatError(
-            f"journal format version {version}, but this klieo-shmd reads version "
-            f"{JOURNAL_VERSION} only"
+            f"journal format version {version}, but this klieo-shmd reads versions "
+            f"{', '.join(map(str, sorted(READS_VERSIONS)))} only"
         )
 
 

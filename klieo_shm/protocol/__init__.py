@@ -18,6 +18,7 @@ from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import RemoteProtocolError as RemoteProtocolError
 from ._errors import VersionMismatch as VersionMismatch
 from ._events import AckBatch as AckBatch
+from ._events import ArenaGone as ArenaGone
 from ._events import Call as Call
 from ._events import DeliverBatch as DeliverBatch
 from ._events import Error as Error
@@ -28,6 +29,7 @@ from ._events import KvWrite as KvWrite
 from ._events import KvWritten as KvWritten
 from ._events import PubAck as PubAck
 from ._events import PublishBatch as PublishBatch
+from ._events import Release as Release
 from ._events import Reply as Reply
 from ._events import Request as Request
 from ._events import Respond as Respond
@@ -42,5 +44,9 @@ from ._frames import KV_OP_CAS as KV_OP_CAS
 from ._frames import KV_OP_DELETE as KV_OP_DELETE
 from ._frames import KV_OP_PUT as KV_OP_PUT
 from ._frames import MAX_BATCH as MAX_BATCH
+from ._frames import OFFSET_MASK as OFFSET_MASK
+from ._frames import PUB_FLAG_KEEP as PUB_FLAG_KEEP
 from ._frames import PUBACK_FULL as PUBACK_FULL
+from ._frames import PUBACK_KEPT as PUBACK_KEPT
 from ._frames import PUBACK_OK as PUBACK_OK
+from ._frames import SOURCE_SHIFT as SOURCE_SHIFT

@@ -27,6 +27,7 @@ from ._errors import LocalProtocolError, RemoteProtocolError, VersionMismatch
 from ._events import (
     CONTROL_OPS,
     AckBatch,
+    ArenaGone,
     Call,
     DeliverBatch,
     Error,
@@ -37,6 +38,7 @@ from ._events import (
     KvWritten,
     PubAck,
     PublishBatch,
+    Release,
     Reply,
     Request,
     Respond,
@@ -60,6 +62,7 @@ from ._frames import (
     MAX_BATCH,
     MIN_MAX_FRAME,
     PUB_DESC,
+    PUB_FLAG_KEEP,
     PUB_HEAD,
     PUBACK,
     encode_frame,
@@ -77,7 +80,7 @@ __all__ = [
     "State",
 ]
 
-PROTOCOL_VERSION: Final = 4
+PROTOCOL_VERSION: Final = 5
 """1: the first; 2: ``Welcome.store_name`` may be a file path (the store of a
 broker with a state directory), not only a POSIX shared-memory name; 3: KV
 puts, cas and deletes travel as ``KvWrite``/``KvWritten`` frames, requests as
@@ -117,7 +120,9 @@ _HANDSHAKE: Final[dict[tuple[Role, State, str, type[Any]], State]] = {
 # Events each role may send once READY (the peer receives the same set).
 _READY_SENDS: Final[dict[Role, frozenset[type[Any]]]] = {
     "client": frozenset({Call, Respond, PublishBatch, AckBatch, KvWrite, Request}),
-    "server": frozenset({Result, Incoming, StreamEnd, PubAck, DeliverBatch, KvWritten, Reply}),
+    "server": frozenset(
+        {Result, Incoming, StreamEnd, Release, ArenaGone, PubAck, DeliverBatch, KvWritten, Reply}
+    ),
 }
 # An Error may be sent or received in every live state and ends the connection.
 _ERROR_FROM: Final[frozenset[State]] = frozenset(
@@ -276,7 +281,13 @@ def _encode(event: Event, max_frame: int, packer: msgpack.Packer) -> bytes:
         _check_batch(len(event.descs))
         body = b"".join(
             [
-                PUB_HEAD.pack(event.batch_no, event.region_off, event.region_len, len(event.descs)),
+                PUB_HEAD.pack(
+                    event.batch_no,
+                    event.region_off,
+                    event.region_len,
+                    len(event.descs),
+                    PUB_FLAG_KEEP if event.keep else 0,
+                ),
                 pack_rows(PUB_DESC, event.descs),
                 event.subjects,
             ]
@@ -310,11 +321,14 @@ def _decode(kind: int, body: bytes) -> Event:
     if fixed is not None:
         return fixed(body)
     if kind == KIND_PUBLISH:
-        (batch_no, region_off, region_len, _), descs, subjects = iter_descriptors(
+        (batch_no, region_off, region_len, _, flags), descs, subjects = iter_descriptors(
             body, PUB_HEAD, PUB_DESC, 3, "publish"
         )
+        if flags & ~PUB_FLAG_KEEP:
+            raise RemoteProtocolError(f"publish batch {batch_no}: unknown flags {flags:#x}")
         raw = body[PUB_HEAD.size : PUB_HEAD.size + len(descs) * PUB_DESC.size]
-        return PublishBatch(batch_no, region_off, region_len, descs, subjects, raw)
+        keep = bool(flags)
+        return PublishBatch(batch_no, region_off, region_len, descs, subjects, raw, keep)
     if kind == KIND_DELIVER:
         if len(body) < DELIVER_HEAD.size:
             raise RemoteProtocolError(f"truncated deliver frame: {len(body)} bytes")

@@ -23,10 +23,12 @@ Incoming       server  a request for a service this client serves
 Respond        client  the reply (or handler error) to an ``Incoming``
 Reply          server  the reply to ``Request`` ``call_id`` (errors: ``Result``)
 StreamEnd      server  a subscription ended by the broker (durable deleted)
+Release        server  kept publish batches whose arena regions are free again
+ArenaGone      server  an arena kept batches were read from is gone: unmap it
 Error          either  fatal: the sender closes the connection after it
 PublishBatch   client  messages whose payloads lie in the client's tx arena
 PubAck         server  verdict on one PublishBatch, in batch order
-DeliverBatch   server  deliveries whose payloads lie in the broker's store
+DeliverBatch   server  deliveries whose payloads lie in the store or an arena
 AckBatch       client  ranges of delivery ids acked, nak'ed, termed, touched
 KvWrite        client  a numbered KV put, cas or delete (a fixed layout)
 KvWritten      server  the revision a ``KvWrite`` took (its errors: ``Result``)
@@ -41,6 +43,7 @@ from typing import Any, Final, TypeAlias
 __all__ = [
     "CONTROL_OPS",
     "AckBatch",
+    "ArenaGone",
     "Call",
     "DeliverBatch",
     "Error",
@@ -51,6 +54,7 @@ __all__ = [
     "KvWritten",
     "PubAck",
     "PublishBatch",
+    "Release",
     "Reply",
     "Request",
     "Respond",
@@ -81,6 +85,10 @@ class Welcome:
     directory).
     ``max_payload``: largest payload accepted; ``max_frame``: largest frame
     body either side may send on this connection.
+    ``keep_min``: the smallest publish batch (region bytes) the broker may
+    keep in the arena instead of copying it (0: it keeps none).
+    ``arena_prefix``: the tx arena of client ``n`` is the segment
+    ``arena_prefix + str(n)`` (mapped read-only to read kept batches).
     """
 
     version: int
@@ -91,6 +99,8 @@ class Welcome:
     store_size: int
     max_payload: int
     max_frame: int
+    keep_min: int
+    arena_prefix: str
 
 
 @dataclass(slots=True)
@@ -166,6 +176,24 @@ class StreamEnd:
 
 
 @dataclass(slots=True)
+class Release:
+    """Server -> client: the broker no longer reads the arena regions of
+    these kept publish batches (answered ``PUBACK_KEPT``); they are the
+    client's again."""
+
+    batch_nos: list[int]
+
+
+@dataclass(slots=True)
+class ArenaGone:
+    """Server -> client: the tx arena of client ``client_id`` is gone (no
+    kept batch in it is owed any more); a client that mapped it to read
+    kept batches unmaps it."""
+
+    client_id: int
+
+
+@dataclass(slots=True)
 class Error:
     """Either way: a fatal error; the sender closes after sending it."""
 
@@ -180,7 +208,8 @@ class PublishBatch:
     the descriptors packed as they came on the wire (set by the decoder, so
     that a journal can keep them without packing them again; the encoder
     packs ``descs``). When set, it is the packing of ``descs``: whoever
-    changes ``descs`` must clear it."""
+    changes ``descs`` must clear it. ``keep``: the client leaves the region
+    untouched until released (``PUB_FLAG_KEEP``)."""
 
     batch_no: int
     region_off: int
@@ -188,6 +217,7 @@ class PublishBatch:
     descs: list[tuple[int, ...]]
     subjects: bytes
     raw: bytes = b""
+    keep: bool = False
 
 
 @dataclass(slots=True)
@@ -260,6 +290,8 @@ Event: TypeAlias = (
     | Incoming
     | Respond
     | StreamEnd
+    | Release
+    | ArenaGone
     | Error
     | PublishBatch
     | PubAck
@@ -284,6 +316,8 @@ CONTROL_OPS: Final[dict[str, tuple[type[Any], tuple[tuple[str, type | tuple[type
             ("store_size", int),
             ("max_payload", int),
             ("max_frame", int),
+            ("keep_min", int),
+            ("arena_prefix", str),
         ),
     ),
     "call": (Call, (("call_id", int), ("method", str), ("args", dict))),
@@ -292,6 +326,8 @@ CONTROL_OPS: Final[dict[str, tuple[type[Any], tuple[tuple[str, type | tuple[type
         (("call_id", int), ("value", object), ("error_type", str), ("error_args", list)),
     ),
     "end": (StreamEnd, (("sub_id", int), ("reason", str))),
+    "release": (Release, (("batch_nos", list),)),
+    "gone": (ArenaGone, (("client_id", int),)),
     "error": (Error, (("code", str), ("message", str))),
 }
 """op -> (event class, ((field, accepted type(s)), ...)) in wire order."""

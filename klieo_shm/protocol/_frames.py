@@ -15,11 +15,19 @@ Bodies by kind:
   Payload bytes are not in the frame: they lie in the client's tx arena in
   the region ``[region_off, region_off + region_len)``; each descriptor's
   ``rel_off`` is relative to ``region_off`` and points at ``hdr_len`` bytes
-  of msgpack headers followed by ``pay_len`` payload bytes.
+  of msgpack headers followed by ``pay_len`` payload bytes. With
+  ``PUB_FLAG_KEEP`` in ``flags`` the client offers to leave the region
+  untouched until the broker releases it, so the broker may deliver from the
+  arena instead of copying into its store (see ``PUBACK_KEPT``).
 * ``KIND_PUBACK`` -- ``PUBACK`` : the broker's verdict on one publish batch.
+  ``PUBACK_OK``: stored (copied), the region is the client's again;
+  ``PUBACK_KEPT``: stored where it lies, the region stays the broker's until
+  a ``Release`` event names the batch; ``PUBACK_FULL``: refused, no room.
 * ``KIND_DELIVER`` -- ``DELIVER_HEAD`` then ``count`` x ``DELIVER_DESC`` then
-  the subjects blob. ``store_off`` points into the broker's payload store at
-  ``hdr_len`` header bytes followed by ``pay_len`` payload bytes.
+  the subjects blob. ``store_off`` points at ``hdr_len`` header bytes
+  followed by ``pay_len`` payload bytes: in the broker's payload store when
+  ``store_off >> SOURCE_SHIFT`` is 0, else in the data area of the tx arena
+  of that client id, at ``store_off & OFFSET_MASK`` (a kept batch).
 * ``KIND_ACK`` -- ``ACK_HEAD`` then ``count`` x ``ACK_DESC``: ranges of
   delivery ids ``[first, first + n)`` resolved the same way.
 * ``KIND_KV_WRITE`` -- ``KV_WRITE_HEAD`` then the bucket and the key (UTF-8)
@@ -83,14 +91,18 @@ __all__ = [
     "MAX_BATCH",
     "MIN_MAX_FRAME",
     "MSG_DESC",
+    "OFFSET_MASK",
     "PUBACK",
     "PUBACK_FULL",
+    "PUBACK_KEPT",
     "PUBACK_OK",
     "PUB_DESC",
+    "PUB_FLAG_KEEP",
     "PUB_HEAD",
     "REPLY_HEAD",
     "REQUEST_HEAD",
     "RESPOND_HEAD",
+    "SOURCE_SHIFT",
     "FrameKind",
     "encode_frame",
     "iter_descriptors",
@@ -135,8 +147,9 @@ MIN_MAX_FRAME: Final = 64 * 1024
 MAX_BATCH: Final = 4096
 """Most descriptors one publish, delivery or ack frame may carry."""
 
-PUB_HEAD: Final = struct.Struct("<QQQI")
-"""batch_no u64, region_off u64, region_len u64, count u32."""
+PUB_HEAD: Final = struct.Struct("<QQQIB")
+"""batch_no u64, region_off u64, region_len u64, count u32, flags u8 (PUB_FLAG_*)."""
+PUB_FLAG_KEEP: Final = 1
 PUB_DESC: Final = struct.Struct("<IIIH")
 """rel_off u32, hdr_len u32, pay_len u32, subj_len u16."""
 
@@ -144,6 +157,12 @@ PUBACK: Final = struct.Struct("<QQIB")
 """batch_no u64, first_seq u64, count u32, status u8 (PUBACK_*)."""
 PUBACK_OK: Final = 0
 PUBACK_FULL: Final = 1
+PUBACK_KEPT: Final = 2
+
+SOURCE_SHIFT: Final = 40
+"""A delivery's ``store_off`` above this bit names the client whose arena
+holds the bytes (0: the store); client ids of kept batches are below 2**24."""
+OFFSET_MASK: Final = (1 << SOURCE_SHIFT) - 1
 
 DELIVER_HEAD: Final = struct.Struct("<II")
 """sub_id u32, count u32."""

@@ -52,15 +52,17 @@ import posix_ipc
 
 from .._errors import BusError, Closed, Full, InvalidArgument, ProtocolError
 from .._spin import SpinningEventLoop
-from ..layout import SLOT, RingAllocator, open_arena, open_store, write_slot
+from ..layout import SLOT, open_arena, open_store, write_slot
 from ..protocol import (
     ACK_KIND_ACK,
     CLOSED,
     MAX_BATCH,
     NEED_DATA,
     PROTOCOL_VERSION,
+    PUBACK_KEPT,
     PUBACK_OK,
     AckBatch,
+    ArenaGone,
     Call,
     Connection,
     DeliverBatch,
@@ -72,6 +74,7 @@ from ..protocol import (
     KvWritten,
     PubAck,
     PublishBatch,
+    Release,
     Reply,
     Request,
     Result,
@@ -79,6 +82,7 @@ from ..protocol import (
     Welcome,
 )
 from ..protocol._wire_errors import error_from_wire
+from ._arenas import SPILL_AFTER, PeerArenas, TxZones
 from ._maps import Mapping
 
 __all__ = [
@@ -224,7 +228,8 @@ class ShmClient:
         self._store_map: Mapping | None = None
         self.arena = memoryview(b"")
         self.store = memoryview(b"")
-        self._ring = RingAllocator(1 << 20)
+        self.zones = TxZones(1 << 20, 0)
+        self.peers: PeerArenas | None = None  # arenas kept batches are read from
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._idle = True  # nothing written since the last read or flush
@@ -233,8 +238,10 @@ class ShmClient:
         self._call_ids = itertools.count(1)
         self._batch: list[tuple[bytes, bytes, bytes, asyncio.Future[None]]] = []
         self._batch_nos = itertools.count(1)
-        self._inflight: deque[tuple[int, list[asyncio.Future[None]]]] = deque()
+        # (batch_no, futures, region offset, in the keep zone)
+        self._inflight: deque[tuple[int, list[asyncio.Future[None]], int, bool]] = deque()
         self._arena_waiters: list[asyncio.Future[None]] = []
+        self._spill_timer: asyncio.TimerHandle | None = None
         self._handshake: asyncio.Future[Welcome] | None = None
         self._lost: BusError | None = None
         # The loop of this connection: on Python 3.11 every
@@ -325,7 +332,10 @@ class ShmClient:
         except (OSError, ValueError, posix_ipc.Error) as exc:
             self._teardown()
             raise Closed(self.socket_path, f"cannot map the broker's segments: {exc}") from exc
-        self._ring = RingAllocator(len(self.arena))
+        self.zones = TxZones(len(self.arena), welcome.keep_min)
+        self.peers = PeerArenas(
+            welcome.arena_prefix, welcome.arena_size, welcome.client_id, self.arena
+        )
         self._welcome = welcome
         self._spin_on(loop)
 
@@ -349,10 +359,16 @@ class ShmClient:
         self._waits -= 1
 
     def _teardown(self) -> None:
+        if self._spill_timer is not None:
+            self._spill_timer.cancel()
+            self._spill_timer = None
         if self._transport is not None:
             self._transport.abort()
         self._transport = None
         self._proto = None  # what the old transport still reports is ignored
+        if self.peers is not None:
+            self.peers.close()
+            self.peers = None
         self.arena = self.store = memoryview(b"")
         for m in (self._arena_map, self._store_map):
             if m is not None:
@@ -460,6 +476,11 @@ class ShmClient:
                     self.on_incoming(ev)
                 elif isinstance(ev, StreamEnd):
                     self.on_stream_end(ev)
+                elif isinstance(ev, Release):
+                    self._on_release(ev)
+                elif isinstance(ev, ArenaGone):
+                    if self.peers is not None:
+                        self.peers.drop(ev.client_id)
                 elif isinstance(ev, Welcome):
                     if self._handshake is not None and not self._handshake.done():
                         self._handshake.set_result(ev)
@@ -534,9 +555,13 @@ class ShmClient:
         if not self._inflight or self._inflight[0][0] != ev.batch_no:
             self._lose(ProtocolError(f"PubAck for batch {ev.batch_no} out of order"))
             return
-        _, futs = self._inflight.popleft()
-        self._ring.free_oldest()
-        if ev.status == PUBACK_OK:
+        _, futs, off, kept_zone = self._inflight.popleft()
+        kept = ev.status == PUBACK_KEPT
+        if kept and not kept_zone:
+            self._lose(ProtocolError(f"batch {ev.batch_no} kept, but it was not offered"))
+            return
+        self.zones.answered(ev.batch_no, off, kept_zone, kept)
+        if ev.status == PUBACK_OK or kept:
             for fut in futs:
                 if not fut.done():
                     fut.set_result(None)
@@ -547,10 +572,25 @@ class ShmClient:
             for fut in futs:
                 if not fut.done():
                     fut.set_exception(err)
+        self._wake_arena_waiters()
+
+    def _wake_arena_waiters(self) -> None:
+        """Room was freed: retry what waits for it (a new wait for the keep
+        zone starts its ``SPILL_AFTER`` afresh)."""
+        if self._spill_timer is not None:
+            self._spill_timer.cancel()
+            self._spill_timer = None
         waiters, self._arena_waiters = self._arena_waiters, []
         for w in waiters:
             if not w.done():
                 w.set_result(None)
+
+    def _on_release(self, ev: Release) -> None:
+        for batch_no in ev.batch_nos:
+            if not self.zones.released(batch_no):
+                self._lose(ProtocolError(f"Release of batch {batch_no}, which is not kept"))
+                return
+        self._wake_arena_waiters()
 
     # --- sending -------------------------------------------------------------
     def _check_usable(self) -> None:
@@ -777,7 +817,7 @@ class ShmClient:
         """Move queued messages into the arena as batches; what does not fit
         waits for PubAcks to free arena room (bounded by PUBLISH_TIMEOUT)."""
         # a batch takes at most a quarter of the ring, so several are in flight
-        limit = min(_BATCH_BYTES, self._ring.capacity // 4)
+        limit = min(_BATCH_BYTES, self.zones.ring.capacity // 4)
         frame_limit = self._conn.max_frame - 4096  # descriptors + subjects
         while self._batch:
             take, size, frame = 0, SLOT.size, 0
@@ -789,10 +829,14 @@ class ShmClient:
                 take += 1
                 size += n
                 frame += f
-            off = self._ring.alloc(size)
-            if off is None:
-                self._wait_for_arena()
+            got = self.zones.alloc(size)
+            if got is None:
+                if self.zones.waits_for_keep(size):
+                    self._wait_for_keep()
+                else:
+                    self._wait_for_arena()
                 return
+            off, kept = got
             batch, self._batch = self._batch[:take], self._batch[take:]
             batch_no = next(self._batch_nos)
             arena = self.arena
@@ -823,9 +867,24 @@ class ShmClient:
             # SYNC POINT: arena bytes and slot tag written above, before the
             # frame naming them is sent; the broker reads them after receiving it.
             self._out.append(
-                self._conn.send(PublishBatch(batch_no, off, size, descs, b"".join(subjs)))
+                self._conn.send(
+                    PublishBatch(batch_no, off, size, descs, b"".join(subjs), keep=kept)
+                )
             )
-            self._inflight.append((batch_no, list(futs)))
+            self._inflight.append((batch_no, list(futs), off, kept))
+
+    def _wait_for_keep(self) -> None:
+        """No room in the keep zone: retry when a Release (or PubAck) frees
+        some, or after ``SPILL_AFTER`` seconds, then in the ring."""
+        if self._spill_timer is None:
+            self._spill_timer = self.loop().call_later(SPILL_AFTER, self._spill)
+        self._park_batches()
+
+    def _spill(self) -> None:
+        self._spill_timer = None
+        if self._lost is None and self._batch:
+            self.zones.spill = True
+            self._flush()
 
     def _wait_for_arena(self) -> None:
         """No room in the ring: retry when the next PubAck frees some. Bounded
@@ -838,6 +897,10 @@ class ShmClient:
                 if not fut.done():
                     fut.set_exception(err)
             return
+        self._park_batches()
+
+    def _park_batches(self) -> None:
+        """Flush the queued batches again once room was freed."""
         if self._arena_waiters:
             return  # already waiting for a PubAck to free room
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()

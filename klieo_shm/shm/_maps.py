@@ -1,9 +1,10 @@
 """Mapping the broker's segments from a client.
 
 Lifetimes (LMDB style): a ``Mapping.view`` is valid until :meth:`close`.
-Bytes read from the store view are valid only until the delivery they belong
-to is acked -- the client copies them out before handing a ``Msg`` to user
-code, so user code never sees store memory.
+Bytes read from the store view (or from another client's arena, for a kept
+batch) are valid only until the delivery they belong to is acked -- the
+client copies them out before handing a ``Msg`` to user code, so user code
+never sees shared memory.
 """
 
 from __future__ import annotations

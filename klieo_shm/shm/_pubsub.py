@@ -30,7 +30,7 @@ from typing import Any, Final
 
 import msgpack
 
-from .._errors import BusError, Closed, PayloadTooLarge, Timeout
+from .._errors import BusError, Closed, PayloadTooLarge, ProtocolError, Timeout
 from .._handles import Msg, MsgStream, Service, ack_each, ack_impl, take_for_ack
 from .._interfaces import Handler, Pubsub, RequestReply
 from .._names import validate_durable, validate_subject, validate_subject_pattern
@@ -45,7 +45,8 @@ from ..protocol import (
     Respond,
     StreamEnd,
 )
-from ..protocol._frames import DELIVER_DESC
+from ..protocol._frames import DELIVER_DESC, OFFSET_MASK, SOURCE_SHIFT
+from ._arenas import MAP_ERRORS
 from ._client import ShmClient
 from ._queue import ItemQueue
 
@@ -209,11 +210,30 @@ class ShmPubsub(Pubsub):
                 if len(names) > 10000:
                     names.clear()
                 name = names[raw] = raw.decode()
-            # SYNC POINT: reads store bytes the broker wrote before sending this frame.
-            headers = msgpack.unpackb(store[off : off + hl], raw=False) if hl else {}
-            payload = bytes(store[off + hl : off + hl + pl])
+            if off > OFFSET_MASK:  # a kept batch: in its publisher's arena
+                view = self._kept_view(off >> SOURCE_SHIFT)
+                off &= OFFSET_MASK
+            else:
+                view = store
+            # SYNC POINT: reads bytes written (store: by the broker; arena: by
+            # the publisher, before its publish frame) before this frame was sent.
+            headers = msgpack.unpackb(view[off : off + hl], raw=False) if hl else {}
+            payload = bytes(view[off + hl : off + hl + pl])
             items.append(Msg(name, payload, headers, seq, dcount, _Ack(client, gen, did)))
         sub.wake()
+
+    def _kept_view(self, client_id: int) -> memoryview:
+        """The data area of the arena a kept batch was delivered from."""
+        client = self._client
+        peers = client.peers
+        try:
+            if peers is None:
+                raise ValueError("not connected")
+            return peers.data(client_id)
+        except MAP_ERRORS as exc:
+            # the broker keeps an arena while anything in it is owed: a
+            # failure here is a broken broker or a broken system
+            raise ProtocolError(f"cannot map the arena of client {client_id}: {exc}") from exc
 
     def _on_stream_end(self, ev: StreamEnd) -> None:
         sub = self._subs.pop(ev.sub_id, None)

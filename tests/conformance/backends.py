@@ -59,7 +59,12 @@ def shm_backend() -> Iterator[Backend]:
 
     with tempfile.TemporaryDirectory(prefix="klieo-conf-") as tmp:
         sock = f"{tmp}/klieo.sock"
-        args = ("--max-payload", str(MAX_PAYLOAD), "--arena-size", "4M", "--store-size", "64M")
+        # --keep-min 4K: most batches with a payload of some size are kept in
+        # the publisher's arena, so the whole contract runs over both paths
+        args = (
+            *("--max-payload", str(MAX_PAYLOAD), "--arena-size", "4M", "--store-size", "64M"),
+            *("--keep-min", "4K"),
+        )
         with spawn_daemon(sock, *args):
             yield Backend(url=lambda name: f"shm://{sock}?bus={name}", max_payload=MAX_PAYLOAD)
 

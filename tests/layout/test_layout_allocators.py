@@ -1,4 +1,5 @@
-"""Property tests for the tx-arena ring and the store's buddy allocator."""
+"""Property tests for the tx-arena ring, its keep zone's first-fit
+allocator, and the store's buddy allocator."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from klieo_shm.layout import BuddyAllocator, RingAllocator
+from klieo_shm.layout import BuddyAllocator, FitAllocator, RingAllocator
 from klieo_shm.layout._arena import ALIGN
 
 
@@ -95,3 +96,62 @@ def test_buddy_refuses_more_than_it_holds() -> None:
     assert buddy.alloc((1 << 12) + 1) is None
     assert buddy.alloc(1 << 12) == 0
     assert buddy.alloc(1) is None
+
+
+@settings(max_examples=300)
+@given(
+    units=st.integers(min_value=1, max_value=64),
+    ops=st.lists(
+        st.one_of(
+            st.integers(min_value=1, max_value=5000), st.integers(min_value=-50, max_value=-1)
+        ),
+        max_size=200,
+    ),
+)
+def test_fit_regions_never_overlap_free_in_any_order_and_merge_back(
+    units: int, ops: list[int]
+) -> None:
+    """Allocations (positive ops) stay inside the zone and apart; a negative
+    op frees a live region chosen by it, in any order. A refusal means no
+    free run is long enough; after everything is freed the zone is one run."""
+    base, capacity = ALIGN * 3, units * ALIGN * 4
+    fit = FitAllocator(base, capacity)
+    live: list[tuple[int, int]] = []
+    for op in ops:
+        if op < 0:
+            if live:
+                off, _ = live.pop(-op % len(live))
+                fit.free(off)
+        else:
+            size = -(-op // ALIGN) * ALIGN
+            off = fit.alloc(op)
+            runs = fit.free_runs()
+            if off is None:
+                assert all(end - start < size for start, end in runs)
+                continue
+            assert off % ALIGN == 0
+            assert base <= off
+            assert off + size <= base + capacity
+            for a, b in live:
+                assert off + size <= a or b <= off, "overlap"
+            live.append((off, off + size))
+        runs = fit.free_runs()
+        assert all(a < b for a, b in runs)
+        assert all(b1 < a2 for (_, b1), (a2, _) in itertools.pairwise(runs)), "unmerged runs"
+        assert fit.used == sum(b - a for a, b in live)
+        assert fit.used + sum(b - a for a, b in runs) == capacity
+        assert len(fit) == len(live)
+    for off, _ in live:
+        fit.free(off)
+    assert fit.free_runs() == [(base, base + capacity)]
+    assert fit.used == 0
+
+
+def test_fit_hands_out_the_lowest_free_address_first() -> None:
+    fit = FitAllocator(0, 8 * ALIGN)
+    a, b, c = fit.alloc(ALIGN), fit.alloc(ALIGN), fit.alloc(ALIGN)
+    assert (a, b, c) == (0, ALIGN, 2 * ALIGN)
+    fit.free(b)
+    assert fit.alloc(1) == ALIGN  # the hole, not the end
+    assert fit.alloc(6 * ALIGN) is None
+    assert fit.alloc(5 * ALIGN) == 3 * ALIGN

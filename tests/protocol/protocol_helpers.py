@@ -27,7 +27,9 @@ class Link:
     def handshake(self) -> None:
         hello = Hello(PROTOCOL_VERSION, os.getpid(), "test")
         assert self.c2s(hello) == [hello]
-        welcome = Welcome(PROTOCOL_VERSION, 1, "/a", 1 << 20, "/s", 1 << 24, 1 << 20, 1 << 21)
+        welcome = Welcome(
+            PROTOCOL_VERSION, 1, "/a1", 1 << 20, "/s", 1 << 24, 1 << 20, 1 << 21, 1 << 17, "/a"
+        )
         assert self.s2c(welcome) == [welcome]
         assert self.client.state == self.server.state == "READY"
 

@@ -80,13 +80,18 @@ def test_event_of_the_wrong_direction(ready: Link) -> None:
 
 
 def test_truncated_publish_batch(ready: Link) -> None:
-    body = struct.pack("<QQQI", 1, 0, 10, 3) + b"\0" * 5
+    body = struct.pack("<QQQIB", 1, 0, 10, 3, 0) + b"\0" * 5
     _expect_remote_error(ready, raw_frame(2, body), "truncated publish")
 
 
 def test_publish_batch_over_max_entries(ready: Link) -> None:
-    body = struct.pack("<QQQI", 1, 0, 10, MAX_BATCH + 1)
+    body = struct.pack("<QQQIB", 1, 0, 10, MAX_BATCH + 1, 0)
     _expect_remote_error(ready, raw_frame(2, body), "limit")
+
+
+def test_publish_batch_with_unknown_flags(ready: Link) -> None:
+    body = struct.pack("<QQQIB", 1, 0, 10, 0, 0x82)
+    _expect_remote_error(ready, raw_frame(2, body), "unknown flags 0x82")
 
 
 def test_ack_with_unknown_kind(ready: Link) -> None:

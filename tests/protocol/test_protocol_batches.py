@@ -12,8 +12,10 @@ from klieo_shm.protocol import (
     KV_OP_CAS,
     KV_OP_DELETE,
     KV_OP_PUT,
+    PUBACK_KEPT,
     PUBACK_OK,
     AckBatch,
+    ArenaGone,
     Call,
     Connection,
     DeliverBatch,
@@ -22,11 +24,12 @@ from klieo_shm.protocol import (
     KvWritten,
     PubAck,
     PublishBatch,
+    Release,
     Reply,
     Request,
     Respond,
 )
-from klieo_shm.protocol._frames import DELIVER_DESC, PUB_DESC
+from klieo_shm.protocol._frames import DELIVER_DESC, OFFSET_MASK, PUB_DESC, SOURCE_SHIFT
 
 
 def test_publish_batch_round_trips(ready: Link) -> None:
@@ -37,6 +40,23 @@ def test_publish_batch_round_trips(ready: Link) -> None:
     assert got.descs == pub.descs
     assert got.subjects == pub.subjects
     assert got.raw == b"".join(PUB_DESC.pack(*d) for d in pub.descs)  # as on the wire
+    assert got.keep is False
+
+
+def test_kept_batches_round_trip(ready: Link) -> None:
+    pub = PublishBatch(8, 1 << 20, 300, [(16, 0, 284, 3)], b"a.b", keep=True)
+    [got] = ready.c2s(pub)
+    assert isinstance(got, PublishBatch)
+    assert got.keep is True
+    assert ready.s2c(PubAck(8, 5, 1, PUBACK_KEPT)) == [PubAck(8, 5, 1, PUBACK_KEPT)]
+    assert ready.s2c(Release([8, 9])) == [Release([8, 9])]
+    assert ready.s2c(ArenaGone(12)) == [ArenaGone(12)]
+    # a delivery from client 12's arena: the client id rides above SOURCE_SHIFT
+    off = (12 << SOURCE_SHIFT) | 4096
+    [got_d] = ready.s2c(DeliverBatch(1, 1, DELIVER_DESC.pack(1, 1, 5, off, 0, 284, 3), b"a.b"))
+    assert isinstance(got_d, DeliverBatch)
+    [(_, _, _, got_off, _, _, _)] = got_d.entries()
+    assert (got_off >> SOURCE_SHIFT, got_off & OFFSET_MASK) == (12, 4096)
 
 
 def test_puback_deliver_and_ack_round_trip(ready: Link) -> None:

@@ -44,7 +44,7 @@ def test_server_refuses_other_protocol_version_naming_both(link: Link) -> None:
 
 def test_client_refuses_welcome_of_other_version(link: Link) -> None:
     link.c2s(Hello(PROTOCOL_VERSION, 1, "x"))
-    bad = Welcome(PROTOCOL_VERSION + 1, 1, "/a", 1, "/s", 1, 1, 1 << 20)
+    bad = Welcome(PROTOCOL_VERSION + 1, 1, "/a1", 1, "/s", 1, 1, 1 << 20, 0, "/a")
     link.client.receive_data(link.server.send(bad))
     with pytest.raises(VersionMismatch):
         link.client.next_event()

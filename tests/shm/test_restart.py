@@ -359,7 +359,7 @@ def test_another_format_version_is_refused_with_both_versions_named(sock: str) -
     )
     assert out.returncode == 1
     assert "version 99" in out.stderr, out.stderr
-    assert f"version {JOURNAL_VERSION} " in out.stderr, out.stderr
+    assert f", {JOURNAL_VERSION} only" in out.stderr, out.stderr
     assert state in out.stderr
 
 
