@@ -46,6 +46,7 @@ from ..protocol import (
     Welcome,
 )
 from ..protocol._wire_errors import error_to_wire
+from ._arena_pool import ArenaPool
 from ._config import BrokerConfig, on_memory_fs
 from ._jobs import JobsState, job_calls
 from ._journal import Journal
@@ -186,6 +187,8 @@ class Broker:
         )
         self.sessions: dict[int, Session] = {}
         self.pubsub.sessions = self.sessions
+        self.arenas = ArenaPool(self._base, config.arena_size, self.mode, self.gid)
+        self.pubsub.retire = self.arenas.give
         self._stuck: list[Source] = []  # arenas a shutdown leaves for the next start
         self._ids = itertools.count(1)
         self._req_ids = itertools.count(1)
@@ -355,7 +358,7 @@ class Broker:
             self.pubsub.close_source(source)
         elif s.arena_seg is not None:
             s.arena = memoryview(b"")
-            s.arena_seg.destroy()
+            self.arenas.give(s.arena_seg)
             s.arena_seg = None
         self.pubsub.pump(self.clock())
         log.info("%r: disconnected", s)
@@ -416,6 +419,7 @@ class Broker:
             if id(source) not in stuck:
                 source.destroy()
         self.pubsub.sources.clear()
+        self.arenas.close()
         store = self.store_seg
         if isinstance(store, FileSegment):  # it stays for the next start
             self._release_free_store(store, free)
@@ -452,7 +456,7 @@ class Broker:
     def _hello(self, s: Session, ev: Hello) -> None:
         cfg = self.config
         s.name = ev.name
-        seg = Segment(f"{self._base}-a{s.client_id}", cfg.arena_size, self.mode, self.gid)
+        seg = self.arenas.take(f"{self._base}-a{s.client_id}")
         size = init_arena(seg.view, s.client_id, s.pid, int(s.start_time * 1e6))
         s.arena_seg = seg
         s.arena = seg.view[HEADER_SIZE : HEADER_SIZE + size]

@@ -24,6 +24,7 @@ import operator
 import zlib
 from array import array
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from .._errors import InvalidArgument, NotFound
@@ -46,6 +47,7 @@ from ..protocol import (
 from ..protocol._frames import DELIVER_ID, MSG_DESC, PUB_DESC, pack_rows
 from ._journal import ACKED, DELIVERED, DURABLE, DURABLE_DEL, MOVED, PUBLISH
 from ._kept import Source
+from ._segments import Segment
 
 if TYPE_CHECKING:
     from ._broker import Session
@@ -169,6 +171,8 @@ class PubsubState:
         self.keep_min = config.keep_min
         self.sources: dict[int, Source] = {}
         self.sessions: dict[int, Session] = {}
+        # what becomes of an arena no client and no kept batch uses any more
+        self.retire: Callable[[Segment], None] = Segment.destroy
 
     # --- durables ------------------------------------------------------------
     def subscribe(
@@ -483,7 +487,8 @@ class PubsubState:
     def _drop_source(self, source: Source) -> None:
         if self.sources.pop(source.client_id, None) is None:
             return
-        source.destroy()
+        source.view = memoryview(b"")
+        self.retire(source.seg)
         if source.kept_any:  # clients may have it mapped
             gone = ArenaGone(source.client_id)
             for s in self.sessions.values():

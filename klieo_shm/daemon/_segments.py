@@ -62,6 +62,15 @@ class Segment:
             posix_ipc.unlink_shared_memory(self.name)
         _unmap(self)
 
+    def rename(self, name: str) -> None:
+        """Give the segment another name (``/name``); mappings stay valid.
+        Raises ``OSError`` (e.g. the name is taken)."""
+        new = SHM_DIR + name
+        if os.path.exists(new):
+            raise FileExistsError(f"segment {name} exists")
+        os.rename(SHM_DIR + self.name, new)
+        self.name = name
+
     def close(self) -> None:
         """The broker is done with the segment: the same as :meth:`destroy`."""
         self.destroy()

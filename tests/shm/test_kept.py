@@ -185,7 +185,9 @@ async def test_kept_messages_survive_a_kill_and_a_clean_stop(
         for p in payloads[1:]:  # kept again, in this broker
             await bus.pubsub.publish("big.y", p)
         assert client(bus).zones.kept == 2
-    restartable.stop(allow_killed=False)  # moved to the store: no segment stays
+        # a clean stop with the publisher still connected: the kept batches
+        # move to the store, and no segment stays behind
+        restartable.stop(allow_killed=False)
     restartable.start()
     async with bus_on(sock) as bus:
         stream = await bus.pubsub.subscribe("big.>", "reader")
@@ -193,3 +195,35 @@ async def test_kept_messages_survive_a_kill_and_a_clean_stop(
         assert [m.payload for m in got] == payloads[1:] + payloads[1:]
         await bus.pubsub.ack_many(got)
         await stream.close()
+
+
+def spares(sock: str) -> list[str]:
+    return [name for name in leftover_segments(sock) if "-spare" in name]
+
+
+async def test_a_gone_clients_arena_is_handed_to_the_next_client(daemon: str) -> None:
+    """Its pages are already in memory: the next client's first large
+    publishes fault nothing in. At most two wait; they are renamed, so no
+    client finds them under an old client's name."""
+    async with bus_on(daemon) as sub:
+        buses = [await klieo_shm.connect(f"shm://{daemon}") for _ in range(3)]
+        ids = []
+        for bus in buses:
+            peers = client(bus).peers
+            assert peers is not None
+            ids.append(peers.own_id)
+            await bus.close()
+        for client_id in ids:
+            await until_gone(sub, client_id)
+        assert len(spares(daemon)) == 2  # the third was destroyed
+        assert not [n for n in arenas(daemon) if n.endswith(tuple(f"-a{i}" for i in ids))]
+        async with bus_on(daemon) as pub:  # takes a spare
+            assert len(spares(daemon)) == 1
+            stream = await sub.pubsub.subscribe("big.>", "reader")
+            payload = os.urandom(BIG)
+            await pub.pubsub.publish("big.x", payload)
+            assert client(pub).zones.kept == 1
+            msg = await stream.next(timeout=WAIT)
+            assert msg.payload == payload
+            await msg.ack()
+            await stream.close()
