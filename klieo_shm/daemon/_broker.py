@@ -152,7 +152,10 @@ class Broker:
         self.mode = 0o660 if config.group else 0o600
         store_mode = 0o640 if config.group else 0o600
         self.gid = _group_id(config.group)
-        self._base = f"/{config.prefix}-{self.pid}"
+        # unique to this start: a restarted broker of the same pid (pid 1 in a
+        # container, a restarted embedded server) must not find its names
+        # taken by the segments it recovers kept batches from
+        self._base = f"/{config.prefix}-{self.pid}.{os.urandom(3).hex()}"
         journal: Journal | None = None
         found: Recovered | None = None
         if config.state_dir is not None:
@@ -204,6 +207,12 @@ class Broker:
                 self.kv.close()
                 journal.close()
                 raise
+
+    @property
+    def segment_base(self) -> str:
+        """The start of this broker's segment names, without the leading
+        ``/`` (``<prefix>-<pid>.<nonce>``; each name adds ``-<role>``)."""
+        return self._base[1:]
 
     # --- the journal -----------------------------------------------------------
     def _file_store(self, state_dir: str, mode: int) -> FileSegment:
@@ -358,7 +367,7 @@ class Broker:
             self.pubsub.close_source(source)
         elif s.arena_seg is not None:
             s.arena = memoryview(b"")
-            self.arenas.give(s.arena_seg)
+            self.arenas.give(s.arena_seg, s.pid, s.start_time)
             s.arena_seg = None
         self.pubsub.pump(self.clock())
         log.info("%r: disconnected", s)

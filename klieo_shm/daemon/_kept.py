@@ -5,18 +5,27 @@ A batch a client offers for keeping (``PublishBatch.keep``) and of at least
 name the client's tx arena (``SOURCE_SHIFT`` in ``_frames``), subscribers
 map that arena read-only, and the client leaves the region alone until the
 broker sends ``Release`` for the batch -- when every durable that owed its
-messages acked them. Each arena is a ``Source``:
+messages acked them. Kept bytes count against the store's size as their
+copies would (``PubsubState.kept_bytes``): past it batches are copied, so
+what is kept always fits the store at a shutdown or a restart. Each arena
+is a ``Source``:
 
 * while its client is connected, ``session`` is that client;
 * when the client goes away with kept batches still owed, the source is an
   orphan: its segment stays (name and mapping) until the last kept batch is
-  released, then it is destroyed and every client is told (``ArenaGone``)
-  so that it unmaps it;
+  released; then (once the journal holds the acks) it is retired -- kept as
+  a spare for a later client or destroyed (``_arena_pool``) -- and every
+  client is told (``ArenaGone``) so that it unmaps it;
 * with a journal, a kept batch's ``PUBLISH`` record names the arena segment;
   after a crash the next broker copies the owed batches out of the segments
-  the dead broker left (``_recovery``); on a clean shutdown the broker first
-  copies them into its store (``PubsubState.settle_kept``), so no segment
-  is left behind.
+  the dead broker left (``_recovery``) before it removes them; a clean
+  shutdown first copies them into its store (``PubsubState.settle_kept``,
+  journalled as ``MOVED``), so no segment stays behind unless the store
+  cannot take them (then the next start copies them).
+
+What a subscriber reads of a kept batch is memory its publisher can still
+write: a publisher can change its own messages after the broker took them
+(and show different bytes to different durables), never another client's.
 
 Nothing here does I/O beyond destroying segments.
 """
@@ -45,10 +54,23 @@ class Source:
     carries, ``live`` the kept blocks still owed, ``kept_any`` whether a
     batch was ever kept (only then may clients have mapped it)."""
 
-    __slots__ = ("client_id", "kept_any", "live", "name", "seg", "session", "tag", "view")
+    __slots__ = (
+        "client_id",
+        "kept_any",
+        "live",
+        "name",
+        "pid",
+        "seg",
+        "session",
+        "start_time",
+        "tag",
+        "view",
+    )
 
     def __init__(self, session: Session, seg: Segment, view: memoryview) -> None:
         self.client_id = session.client_id
+        self.pid = session.pid
+        self.start_time = session.start_time
         self.tag = session.client_id << SOURCE_SHIFT
         self.session: Session | None = session
         self.seg = seg

@@ -68,6 +68,10 @@ Message = tuple[int, bytes, bytes, "Block"]
 _Routed = tuple[list[bytes], list[list["Consumer"]]]
 
 
+def _destroy(seg: Segment, pid: int, start: float) -> None:
+    seg.destroy()
+
+
 class Block:
     """One publish batch in the store, or kept in the arena of ``src``;
     freed (released) when ``refs`` reaches 0. ``span`` bytes at ``off`` (in
@@ -166,13 +170,16 @@ class PubsubState:
         # blocks freed while a journal is attached, reused once the records
         # that freed them are written (see reclaim)
         self._freed: list[int] = []
+        self._retiring: list[Source] = []  # arenas, likewise (see _drop_source)
         # kept batches: the smallest region kept (0: none), the arenas
         # (client id -> Source, orphans included), every client (for ArenaGone)
         self.keep_min = config.keep_min
+        self.kept_bytes = 0  # store bytes the kept blocks would take (buddy blocks)
         self.sources: dict[int, Source] = {}
         self.sessions: dict[int, Session] = {}
         # what becomes of an arena no client and no kept batch uses any more
-        self.retire: Callable[[Segment], None] = Segment.destroy
+        # (the segment, and the pid and start time of the process it was for)
+        self.retire: Callable[[Segment, int, float], None] = _destroy
 
     # --- durables ------------------------------------------------------------
     def subscribe(
@@ -310,6 +317,14 @@ class PubsubState:
             return True
         span = ev.region_len - SLOT.size
         source = s.source if ev.keep and self.keep_min and ev.region_len >= self.keep_min else None
+        if source is not None:
+            # kept bytes count against the store as the copy would, so that
+            # a shutdown or a restart can always move them into it
+            need = self.alloc.block_size(span)
+            if self.alloc.used + self.kept_bytes + need > self.alloc.size:
+                source = None
+            else:
+                self.kept_bytes += need
         if source is not None:  # kept: delivered from the arena, not copied
             off = ev.region_off + SLOT.size
             base = source.tag | ev.region_off
@@ -470,8 +485,8 @@ class PubsubState:
         self.sources[source.client_id] = source
 
     def close_source(self, source: Source) -> None:
-        """Its client went away: the arena goes now, or once nothing kept in
-        it is owed any more."""
+        """Its client went away: the arena is retired now, or once nothing
+        kept in it is owed any more."""
         source.session = None
         if not source.live:
             self._drop_source(source)
@@ -479,6 +494,7 @@ class PubsubState:
     def _unkeep(self, source: Source, block: Block) -> None:
         source.live.discard(block)
         block.src = None
+        self.kept_bytes -= self.alloc.block_size(block.span)
         if source.session is not None:
             source.session.send(Release([block.batch_no]))
         elif not source.live:
@@ -488,17 +504,22 @@ class PubsubState:
         if self.sources.pop(source.client_id, None) is None:
             return
         source.view = memoryview(b"")
-        self.retire(source.seg)
+        if self.journal is not None:  # as a store block: once the journal is written
+            self._retiring.append(source)
+        else:
+            self.retire(source.seg, source.pid, source.start_time)
         if source.kept_any:  # clients may have it mapped
             gone = ArenaGone(source.client_id)
             for s in self.sessions.values():
-                s.send(gone)
+                if s.conn.state == "READY":  # one still in its handshake mapped nothing
+                    s.send(gone)
 
     def settle_kept(self) -> list[Source]:
         """Copy every kept batch still owed into the store, journalling the
-        move (before a clean shutdown: the arenas go, the store file stays);
-        return the sources some of whose batches found no room (their
-        segments must stay for the next start, which copies them then)."""
+        move; return the sources some of whose batches found no room (their
+        segments must stay for the next start, which copies them then).
+        Only before a clean shutdown (the arenas go, the store file stays):
+        the messages queued still name the arenas."""
         journal = self.journal
         self.reclaim()
         stuck: list[Source] = []
@@ -506,7 +527,7 @@ class PubsubState:
             for block in sorted(source.live, key=_FIRST):
                 off = self.alloc.alloc(block.span)
                 if off is None:
-                    break
+                    continue  # a smaller one may still fit
                 src = block.off
                 self.store[off : off + block.span] = source.view[src : src + block.span]
                 if journal is not None:
@@ -514,23 +535,28 @@ class PubsubState:
                 block.off = off
                 block.src = None
                 source.live.discard(block)
+                self.kept_bytes -= self.alloc.block_size(block.span)
             if source.live:
                 stuck.append(source)
+        self._usage()
         return stuck
 
     def reclaim(self) -> None:
-        """Free the blocks released since the last call, after writing the
-        journal records that released them: until then a restart would
-        still find their messages owed, so the bytes must stay."""
-        freed = self._freed
-        if not freed:
+        """Free the blocks (and retire the arenas) released since the last
+        call, after writing the journal records that released them: until
+        then a restart would still find their messages owed, so the bytes
+        must stay."""
+        freed, retiring = self._freed, self._retiring
+        if not freed and not retiring:
             return
         if self.journal is not None:
             self.journal.flush()
-        self._freed = []
+        self._freed, self._retiring = [], []
         free = self.alloc.free
         for off in freed:
             free(off)
+        for source in retiring:
+            self.retire(source.seg, source.pid, source.start_time)
         self._usage()
 
     def _usage(self) -> None:

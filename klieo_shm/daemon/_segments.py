@@ -1,10 +1,10 @@
 """Shared memory owned by the broker: named POSIX segments, and files.
 
 Only the broker creates and unlinks segments. Names are
-``/<prefix>-<broker pid>-<role>``; at start the broker removes every segment
-of its prefix (it has checked first that no live broker owns the socket) --
-after recovering from its journal, which may read kept batches out of the
-arena segments a dead broker left.
+``/<prefix>-<broker pid>.<nonce>-<role>`` (a new nonce at every start); at
+start the broker removes every segment of its prefix (it has checked first
+that no live broker owns the socket), after recovering from its journal,
+which may read kept batches out of the arena segments a dead broker left.
 Never ``multiprocessing.shared_memory``: its resource tracker would unlink
 segments other processes still use.
 

@@ -196,12 +196,10 @@ class BrokerServer:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         # A dead broker's segments go once this broker has started: recovery
-        # copies kept batches out of the arenas it left. Only names this
-        # broker is about to create (a dead broker of the same pid) go first.
-        mine = f"{cfg.prefix}-{os.getpid()}"
-        removed = remove_stale(mine)
+        # copies kept batches out of the arenas it left (this broker's own
+        # names are unique to this start, so none can be taken).
         self.broker = Broker(cfg)
-        removed += remove_stale(cfg.prefix, keep=mine + "-")
+        removed = remove_stale(cfg.prefix, keep=self.broker.segment_base + "-")
         if removed:
             log.info("removed %d segments left by a dead broker: %s", len(removed), removed)
         self._gid = self.broker.gid

@@ -27,9 +27,10 @@ Each batch region in the data area::
 
 A region is contiguous (never wraps); ``region_off`` in a publish frame is the
 offset of the slot header within the data area. The owner tag lets the broker
-refuse a frame that points at bytes its client did not write, and lets anyone
-reclaim a dead client's slots (the broker drops the whole arena when the
-client's socket closes and no kept batch of it is owed any more).
+refuse a frame that points at bytes its client did not write. When the
+client's socket closes and no kept batch of it is owed any more, the broker
+destroys the arena or keeps it as a spare for a later client (renamed, and
+handed out once the process that had it is gone).
 
 Allocation is the client's private business. When its broker keeps batches
 (``Welcome.keep_min`` > 0) the client splits the data area: a

@@ -31,7 +31,9 @@ class FitAllocator:
 
     def __init__(self, base: int, capacity: int) -> None:
         if base % ALIGN or capacity < ALIGN:
-            raise ValueError(f"zone at {base} of {capacity} bytes is not {ALIGN}-aligned")
+            raise ValueError(
+                f"zone at {base} of {capacity} bytes: not {ALIGN}-aligned or too small"
+            )
         self.base = base
         self.capacity = capacity - capacity % ALIGN
         # free runs, sorted and never adjacent: [starts[i], ends[i])

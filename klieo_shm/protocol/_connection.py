@@ -86,7 +86,9 @@ broker with a state directory), not only a POSIX shared-memory name; 3: KV
 puts, cas and deletes travel as ``KvWrite``/``KvWritten`` frames, requests as
 ``Request``/``Reply``, not calls; ``Incoming`` and ``Respond`` in fixed
 layouts, not msgpack; 4: ``jobs_claim`` takes ``x`` (an explicit batch, of
-``claim_many``: up to ``n`` of the ready jobs, not a prefetch share)."""
+``claim_many``: up to ``n`` of the ready jobs, not a prefetch share); 5: kept
+batches (``PUB_HEAD`` flags, ``PUBACK_KEPT``, ``Release``, ``ArenaGone``,
+``Welcome.keep_min``/``arena_prefix``, deliveries from an arena)."""
 DEFAULT_MAX_FRAME: Final = 1 << 20
 """Frame body limit until the handshake sets the connection's own."""
 

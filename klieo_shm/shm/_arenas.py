@@ -56,9 +56,9 @@ class TxZones:
         self.keep_min = keep_min
         self.keep: FitAllocator | None = None
         if keep_min:
-            zone = size // KEEP_ZONE // ALIGN * ALIGN
-            self.ring = RingAllocator(size - zone)
-            self.keep = FitAllocator(size - zone, zone)
+            base = -(-(size - size // KEEP_ZONE) // ALIGN) * ALIGN  # aligned up
+            self.ring = RingAllocator(base)
+            self.keep = FitAllocator(base, size - base)
         else:
             self.ring = RingAllocator(size)
         self._kept: dict[int, int] = {}  # batch_no -> offset, kept by the broker

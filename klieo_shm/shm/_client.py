@@ -329,10 +329,10 @@ class ShmClient:
             self._store_map = Mapping(welcome.store_name, welcome.store_size, writable=False)
             self.arena = open_arena(self._arena_map.view, welcome.client_id)
             self.store = open_store(self._store_map.view)
+            self.zones = TxZones(len(self.arena), welcome.keep_min)
         except (OSError, ValueError, posix_ipc.Error) as exc:
             self._teardown()
             raise Closed(self.socket_path, f"cannot map the broker's segments: {exc}") from exc
-        self.zones = TxZones(len(self.arena), welcome.keep_min)
         self.peers = PeerArenas(
             welcome.arena_prefix, welcome.arena_size, welcome.client_id, self.arena
         )
@@ -572,12 +572,12 @@ class ShmClient:
             for fut in futs:
                 if not fut.done():
                     fut.set_exception(err)
-        self._wake_arena_waiters()
+        self._wake_arena_waiters(keep_room=kept_zone and not kept)
 
-    def _wake_arena_waiters(self) -> None:
-        """Room was freed: retry what waits for it (a new wait for the keep
-        zone starts its ``SPILL_AFTER`` afresh)."""
-        if self._spill_timer is not None:
+    def _wake_arena_waiters(self, keep_room: bool = False) -> None:
+        """Room was freed (``keep_room``: in the keep zone): retry what waits
+        for it (a new wait for the keep zone starts ``SPILL_AFTER`` afresh)."""
+        if keep_room and self._spill_timer is not None:
             self._spill_timer.cancel()
             self._spill_timer = None
         waiters, self._arena_waiters = self._arena_waiters, []
@@ -590,7 +590,7 @@ class ShmClient:
             if not self.zones.released(batch_no):
                 self._lose(ProtocolError(f"Release of batch {batch_no}, which is not kept"))
                 return
-        self._wake_arena_waiters()
+        self._wake_arena_waiters(keep_room=True)
 
     # --- sending -------------------------------------------------------------
     def _check_usable(self) -> None:

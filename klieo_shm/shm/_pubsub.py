@@ -211,29 +211,38 @@ class ShmPubsub(Pubsub):
                     names.clear()
                 name = names[raw] = raw.decode()
             if off > OFFSET_MASK:  # a kept batch: in its publisher's arena
-                view = self._kept_view(off >> SOURCE_SHIFT)
+                kept = self._kept_view(off >> SOURCE_SHIFT)
+                if kept is None:
+                    continue  # see _kept_view: resolved elsewhere already
+                view = kept
                 off &= OFFSET_MASK
             else:
                 view = store
             # SYNC POINT: reads bytes written (store: by the broker; arena: by
             # the publisher, before its publish frame) before this frame was sent.
-            headers = msgpack.unpackb(view[off : off + hl], raw=False) if hl else {}
+            try:
+                headers = msgpack.unpackb(view[off : off + hl], raw=False) if hl else {}
+            except Exception as exc:  # msgpack raises many types for garbage
+                raise ProtocolError(f"delivery {did}: headers are not msgpack: {exc}") from None
             payload = bytes(view[off + hl : off + hl + pl])
             items.append(Msg(name, payload, headers, seq, dcount, _Ack(client, gen, did)))
         sub.wake()
 
-    def _kept_view(self, client_id: int) -> memoryview:
-        """The data area of the arena a kept batch was delivered from."""
-        client = self._client
-        peers = client.peers
+    def _kept_view(self, client_id: int) -> memoryview | None:
+        """The data area of the arena a kept batch was delivered from, or
+        None when it is gone: the broker keeps an arena while anything kept
+        in it is owed, so a delivery read after its arena went was resolved
+        elsewhere (its ack_wait passed while this client was not reading,
+        and another member acked it) and is dropped, as a late ack of it
+        would be ignored."""
+        peers = self._client.peers
+        if peers is None:
+            return None
         try:
-            if peers is None:
-                raise ValueError("not connected")
             return peers.data(client_id)
         except MAP_ERRORS as exc:
-            # the broker keeps an arena while anything in it is owed: a
-            # failure here is a broken broker or a broken system
-            raise ProtocolError(f"cannot map the arena of client {client_id}: {exc}") from exc
+            log.warning("dropped a delivery from the arena of client %d: %s", client_id, exc)
+            return None
 
     def _on_stream_end(self, ev: StreamEnd) -> None:
         sub = self._subs.pop(ev.sub_id, None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -173,7 +174,15 @@ async def test_kept_messages_survive_a_kill_and_a_clean_stop(
         old = arenas(sock)
         restartable.kill()  # the new broker copies them out of the old arena
         restartable.start()
-    assert not set(arenas(sock)) & set(old), "the dead broker's arenas were not removed"
+        assert not set(arenas(sock)) & set(old), "the dead broker's arenas were not removed"
+        # the publisher reconnected with new zones, and keeps big batches again
+        with contextlib.suppress(klieo_shm.Closed):
+            await asyncio.wait_for(pub.kv.keys("probe"), WAIT)
+        other = await pub.pubsub.subscribe("other.>", "o")
+        await pub.pubsub.publish("other.x", payloads[0])
+        assert client(pub).zones.kept == 1
+        assert (await other.next(timeout=WAIT)).payload == payloads[0]
+        await other.close()
     async with bus_on(sock) as bus:
         stream = await bus.pubsub.subscribe("big.>", "reader")
         got = [await stream.next(timeout=WAIT) for _ in payloads]
@@ -201,23 +210,33 @@ def spares(sock: str) -> list[str]:
     return [name for name in leftover_segments(sock) if "-spare" in name]
 
 
+_THREE_CLIENTS = """
+import asyncio, sys, klieo_shm
+async def main():
+    for bus in [await klieo_shm.connect(sys.argv[1]) for _ in range(3)]:
+        await bus.close()
+asyncio.run(main())
+"""
+
+
 async def test_a_gone_clients_arena_is_handed_to_the_next_client(daemon: str) -> None:
     """Its pages are already in memory: the next client's first large
-    publishes fault nothing in. At most two wait; they are renamed, so no
-    client finds them under an old client's name."""
+    publishes fault nothing in. At most two wait, renamed (no client finds
+    them under an old client's name), and one is handed out only once the
+    process that had it is gone (until then it may still write to it)."""
     async with bus_on(daemon) as sub:
-        buses = [await klieo_shm.connect(f"shm://{daemon}") for _ in range(3)]
-        ids = []
-        for bus in buses:
-            peers = client(bus).peers
-            assert peers is not None
-            ids.append(peers.own_id)
-            await bus.close()
-        for client_id in ids:
-            await until_gone(sub, client_id)
-        assert len(spares(daemon)) == 2  # the third was destroyed
-        assert not [n for n in arenas(daemon) if n.endswith(tuple(f"-a{i}" for i in ids))]
-        async with bus_on(daemon) as pub:  # takes a spare
+        mine = await klieo_shm.connect(f"shm://{daemon}")
+        await mine.close()  # this process lives on: its arena is not handed out
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _THREE_CLIENTS, f"shm://{daemon}"
+        )
+        assert await asyncio.wait_for(proc.wait(), WAIT) == 0
+        async with asyncio.timeout(WAIT):
+            while len((await stats(sub))["clients"]) > 1:
+                await round_trip(sub)
+        assert len(spares(daemon)) == 2  # the others were destroyed
+        assert len(arenas(daemon)) == 1  # sub's
+        async with bus_on(daemon) as pub:  # takes the spare of the gone process
             assert len(spares(daemon)) == 1
             stream = await sub.pubsub.subscribe("big.>", "reader")
             payload = os.urandom(BIG)
@@ -226,4 +245,23 @@ async def test_a_gone_clients_arena_is_handed_to_the_next_client(daemon: str) ->
             msg = await stream.next(timeout=WAIT)
             assert msg.payload == payload
             await msg.ack()
+            await stream.close()
+            async with bus_on(daemon) as other:  # the spare left is this process's
+                assert len(spares(daemon)) == 1
+                await round_trip(other)
+
+
+async def test_kept_bytes_count_against_the_store(sock: str) -> None:
+    """A store of 512 KiB of data takes two 256 KiB blocks: two batches of
+    BIG are kept, the third is copied (it still fits the store)."""
+    with spawn_daemon(sock, *ARGS[:-1], "--store-size=600K"):
+        async with bus_on(sock) as pub:
+            stream = await pub.pubsub.subscribe("big.>", "reader")
+            payloads = [os.urandom(BIG) for _ in range(3)]
+            for p in payloads:
+                await pub.pubsub.publish("big.x", p)
+            assert client(pub).zones.kept == 2
+            got = [await stream.next(timeout=WAIT) for _ in payloads]
+            assert [m.payload for m in got] == payloads
+            await pub.pubsub.ack_many(got)
             await stream.close()

@@ -68,3 +68,12 @@ def test_a_full_keep_zone_waits_until_it_spills_then_uses_the_ring() -> None:
     assert zones.released(1)  # a Release: consumers move again
     assert zones.spill is False
     assert zones.alloc(BIG) == (SIZE // 2, True)
+
+
+def test_an_arena_size_off_the_alignment_splits_on_aligned_bounds() -> None:
+    zones = TxZones(2_500_000, KEEP_MIN)
+    assert zones.keep is not None
+    assert zones.keep.base % ALIGN == 0
+    assert zones.ring.capacity == zones.keep.base
+    assert zones.keep.base + zones.keep.capacity <= 2_500_000
+    take(zones, BIG, kept=True)
