@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from shm_helpers import SMALL_ARGS, private_socket
+from shm_helpers import SMALL_ARGS, private_socket, restartable_daemon
 
 from klieo_shm.daemon import DaemonProcess, spawn_daemon
 
@@ -26,9 +26,5 @@ def daemon(sock: str) -> Iterator[str]:
 @pytest.fixture
 def broker(sock: str) -> Iterator[DaemonProcess]:
     """A klieo-shmd with small limits that the test may kill and start again."""
-    d = DaemonProcess(sock, *SMALL_ARGS)
-    d.start()
-    try:
+    with restartable_daemon(sock, *SMALL_ARGS) as d:
         yield d
-    finally:
-        d.stop()  # a SIGKILLed last daemon is fine: the check removes its segments

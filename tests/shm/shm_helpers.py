@@ -11,7 +11,8 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from klieo_shm.daemon import BrokerConfig, BrokerServer, leftover_segments
+import klieo_shm
+from klieo_shm.daemon import BrokerConfig, BrokerServer, DaemonProcess, leftover_segments
 from klieo_shm.daemon._config import default_state_dir
 from klieo_shm.protocol import (
     CLOSED,
@@ -47,6 +48,29 @@ def private_socket() -> Iterator[str]:
         shutil.rmtree(default_state_dir(path), ignore_errors=True)  # may be in /dev/shm
     left = leftover_segments(path)
     assert not left, f"segments left behind: {left}"
+
+
+@contextlib.asynccontextmanager
+async def bus_on(sock: str) -> AsyncIterator[klieo_shm.Bus]:
+    """A bus on the broker at ``sock``, closed on exit."""
+    bus = await klieo_shm.connect(f"shm://{sock}")
+    try:
+        yield bus
+    finally:
+        await bus.close()
+
+
+@contextlib.contextmanager
+def restartable_daemon(sock: str, *args: str) -> Iterator[DaemonProcess]:
+    """A klieo-shmd with ``args`` that the test may kill and start again;
+    stopped on exit (a SIGKILLed last daemon is fine: the stop removes its
+    segments)."""
+    d = DaemonProcess(sock, *args)
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop()
 
 
 @contextlib.asynccontextmanager

@@ -9,10 +9,11 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from shm_helpers import bus_on, restartable_daemon
 
 import klieo_shm
 from klieo_shm.daemon import DaemonProcess, leftover_segments, spawn_daemon
@@ -28,15 +29,6 @@ ARGS = ("--arena-size=2M", "--max-payload=256K", "--keep-min=64K", "--store-size
 def daemon(sock: str) -> Iterator[str]:
     with spawn_daemon(sock, *ARGS):
         yield sock
-
-
-@contextlib.asynccontextmanager
-async def bus_on(sock: str) -> AsyncIterator[klieo_shm.Bus]:
-    bus = await klieo_shm.connect(f"shm://{sock}")
-    try:
-        yield bus
-    finally:
-        await bus.close()
 
 
 def client(bus: klieo_shm.Bus) -> ShmClient:
@@ -153,12 +145,8 @@ async def test_a_durable_that_never_acks_does_not_stall_big_publishes(daemon: st
 
 @pytest.fixture
 def restartable(sock: str) -> Iterator[DaemonProcess]:
-    d = DaemonProcess(sock, *ARGS)
-    d.start()
-    try:
+    with restartable_daemon(sock, *ARGS) as d:
         yield d
-    finally:
-        d.stop()
 
 
 async def test_kept_messages_survive_a_kill_and_a_clean_stop(

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from shm_helpers import SMALL, SMALL_ARGS
+from shm_helpers import SMALL, SMALL_ARGS, bus_on
 
 import klieo_shm
 from klieo_shm import Job
@@ -37,15 +37,6 @@ async def settle(bus: klieo_shm.Bus) -> None:
 def restart(d: DaemonProcess) -> None:
     d.kill()
     d.start()
-
-
-@contextlib.asynccontextmanager
-async def bus_on(sock: str) -> AsyncIterator[klieo_shm.Bus]:
-    bus = await klieo_shm.connect(f"shm://{sock}")
-    try:
-        yield bus
-    finally:
-        await bus.close()
 
 
 class Child:
