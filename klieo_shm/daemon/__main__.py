@@ -24,6 +24,7 @@ from ._config import (
     DEFAULT_MAX_ACK_PENDING,
     DEFAULT_MAX_PAYLOAD,
     DEFAULT_MEMBER_WINDOW,
+    DEFAULT_MEMBER_WINDOW_BYTES,
     DEFAULT_PUBLISH_TIMEOUT,
     DEFAULT_STORE_SIZE,
     BrokerConfig,
@@ -89,6 +90,12 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_MEMBER_WINDOW,
         help="unacked deliveries per member of a durable (default 256)",
+    )
+    p.add_argument(
+        "--member-window-bytes",
+        type=parse_size,
+        default=DEFAULT_MEMBER_WINDOW_BYTES,
+        help="bytes of unacked deliveries per member of a durable; one always goes (default 4M)",
     )
     p.add_argument(
         "--publish-timeout",
@@ -172,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             max_payload=args.max_payload,
             max_ack_pending=args.max_ack_pending,
             member_window=args.member_window,
+            member_window_bytes=args.member_window_bytes,
             publish_timeout=args.publish_timeout,
             group=args.group,
             kv_size=args.kv_size,

@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_MAX_ACK_PENDING",
     "DEFAULT_MAX_PAYLOAD",
     "DEFAULT_MEMBER_WINDOW",
+    "DEFAULT_MEMBER_WINDOW_BYTES",
     "DEFAULT_PUBLISH_TIMEOUT",
     "DEFAULT_STORE_SIZE",
     "BrokerConfig",
@@ -30,6 +31,7 @@ MiB: Final = 1 << 20
 DEFAULT_STORE_SIZE: Final = 256 * MiB
 DEFAULT_ARENA_SIZE: Final = 64 * MiB
 DEFAULT_KEEP_MIN: Final = 128 * 1024
+DEFAULT_MEMBER_WINDOW_BYTES: Final = 4 * MiB
 DEFAULT_MAX_PAYLOAD: Final = 16 * MiB
 DEFAULT_MAX_ACK_PENDING: Final = 1000
 DEFAULT_MEMBER_WINDOW: Final = 256
@@ -99,7 +101,10 @@ class BrokerConfig:
     ``max_payload``: largest payload. ``max_ack_pending``: most
     unacked deliveries per durable (JetStream's max_ack_pending);
     ``member_window``: most unacked deliveries per member, so one stuck
-    member never holds the whole durable. ``publish_timeout``: how long a
+    member never holds the whole durable; ``member_window_bytes``: most
+    header and payload bytes of unacked deliveries per member (at least
+    one delivery goes out whatever its size), so a subscriber of large
+    messages holds a few at a time, not a window's worth. ``publish_timeout``: how long a
     publish waits for storage before ``Full``. ``group``: a group whose
     members may connect (widens the socket dir and segments to the group).
     ``kv_size``: bytes of the first KV table segment; the table grows (a new
@@ -121,6 +126,7 @@ class BrokerConfig:
     max_payload: int = DEFAULT_MAX_PAYLOAD
     max_ack_pending: int = DEFAULT_MAX_ACK_PENDING
     member_window: int = DEFAULT_MEMBER_WINDOW
+    member_window_bytes: int = DEFAULT_MEMBER_WINDOW_BYTES
     publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT
     group: str | None = None
     kv_size: int = DEFAULT_KV_SIZE
@@ -144,8 +150,8 @@ class BrokerConfig:
             raise ValueError("keep_min must be >= 0")
         if self.store_size < self.max_payload * 2:
             raise ValueError("store_size must be at least twice max_payload")
-        if self.max_ack_pending < 1 or self.member_window < 1:
-            raise ValueError("max_ack_pending and member_window must be >= 1")
+        if self.max_ack_pending < 1 or self.member_window < 1 or self.member_window_bytes < 1:
+            raise ValueError("max_ack_pending, member_window and member_window_bytes must be >= 1")
         if self.kv_size < MIN_KV_SIZE:
             raise ValueError(f"kv_size must be at least {MIN_KV_SIZE}")
         if self.kv_max_size < self.kv_size:

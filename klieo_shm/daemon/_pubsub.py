@@ -8,7 +8,7 @@ Data model (chosen so the per-message cost is a few C-level operations):
 * a *block* is one publish batch copied from a client's arena into the
   store -- or, when kept (``_kept``), left where it lies in the arena --
   freed when its reference count (message x matching durable) drops to zero;
-* a *message* is a tuple ``(seq, subject, desc, block)`` where ``desc`` is
+* a *message* is a tuple ``(seq, subject, desc, block, size)`` where ``desc`` is
   its ``MSG_DESC`` packed once; one tuple is shared by every durable it
   matched, and every delivery frame reuses ``desc``;
 * a *delivery* is a tuple ``(member, message, deadline, delivery_count)``
@@ -64,7 +64,8 @@ MAX_PARKED: Final = 65536
 """Most publish batches of one client waiting for storage (a bound on the
 broker memory a client can pin; each waiting batch also pins arena room)."""
 
-Message = tuple[int, bytes, bytes, "Block"]
+Message = tuple[int, bytes, bytes, "Block", int]
+"""(seq, subject, packed MSG_DESC, block, header + payload bytes)."""
 _Routed = tuple[list[bytes], list[list["Consumer"]]]
 
 
@@ -106,13 +107,14 @@ class Block:
 class Member:
     """One subscribe of a session to a durable (one ``MsgStream``)."""
 
-    __slots__ = ("consumer", "inflight", "session", "sub_id")
+    __slots__ = ("consumer", "inflight", "inflight_bytes", "session", "sub_id")
 
     def __init__(self, session: Session, sub_id: int, consumer: Consumer) -> None:
         self.session = session
         self.sub_id = sub_id
         self.consumer = consumer
         self.inflight = 0
+        self.inflight_bytes = 0  # header + payload bytes of those deliveries
 
 
 class Consumer:
@@ -231,6 +233,7 @@ class PubsubState:
                 c.counts[msg[0]] = dcount
             c.outstanding -= len(mine)
             m.inflight = 0
+            m.inflight_bytes = 0
         self.dirty.add(c)
 
     def delete_durable(self, name: str) -> None:
@@ -363,7 +366,8 @@ class PubsubState:
             rels, hls, pls, sls = zip(*ev.descs, strict=True)
             offs = map(operator.add, itertools.repeat(base), rels)
             packed = map(MSG_DESC.pack, seqs, offs, hls, pls, sls)
-            msgs = list(zip(seqs, subjs, packed, itertools.repeat(block), strict=False))
+            sizes = map(operator.add, hls, pls)
+            msgs = list(zip(seqs, subjs, packed, itertools.repeat(block), sizes, strict=False))
             for c in cons:
                 c.pending.extend(msgs)
             self.dirty.update(cons)
@@ -390,7 +394,7 @@ class PubsubState:
         seq = first
         for (rel, hl, pl, sl), subj, cons in zip(ev.descs, subjs, routed, strict=True):
             if cons:
-                msg = (seq, subj, pack(seq, base + rel, hl, pl, sl), block)
+                msg = (seq, subj, pack(seq, base + rel, hl, pl, sl), block, hl + pl)
                 if len(cons) == 1:
                     cons[0].pending.append(msg)
                 else:
@@ -579,7 +583,10 @@ class PubsubState:
             for _ in range(len(members)):
                 cand = members[c.rr % len(members)]
                 c.rr += 1
-                if cand.inflight < cfg.member_window:
+                if (
+                    cand.inflight < cfg.member_window
+                    and cand.inflight_bytes < cfg.member_window_bytes
+                ):
                     m = cand
                     break
             if m is None:
@@ -596,6 +603,7 @@ class PubsubState:
             pack_id, popleft = DELIVER_ID.pack, pending.popleft
             journal = self.journal
             seqs = array("q") if journal is not None else None
+            room_bytes, nbytes = cfg.member_window_bytes - m.inflight_bytes, 0
             for did in range(first, first + take):
                 msg = popleft()
                 if counts:
@@ -610,8 +618,13 @@ class PubsubState:
                 parts.append(pack_id(did, dcount))
                 parts.append(msg[2])
                 subjects.append(msg[1])
+                nbytes += msg[4]
+                if nbytes >= room_bytes:  # large messages: a member holds a few
+                    break
+            take = did - first + 1
             s.next_did = first + take
             m.inflight += take
+            m.inflight_bytes += nbytes
             c.outstanding += take
             heapq.heappush(c.timers, (deadline, next(self._tie), s, first, first + take - 1))
             if seqs is not None:
@@ -660,7 +673,7 @@ class PubsubState:
             last_m: Member | None = None
             last_b: Block | None = None
             seqs: array[int] | None = None
-            mn = bn = 0
+            mn = bn = mb = 0
             for did in range(first, first + n):
                 rec = pop(did, None)
                 if rec is None:
@@ -668,13 +681,14 @@ class PubsubState:
                 m, msg, _, dcount = rec
                 if m is not last_m:
                     if last_m is not None:
-                        self._settle(last_m, mn)
-                    last_m, mn = m, 0
+                        self._settle(last_m, mn, mb)
+                    last_m, mn, mb = m, 0, 0
                     if acked is not None:
                         seqs = acked.get(m.consumer)
                         if seqs is None:
                             seqs = acked[m.consumer] = array("q")
                 mn += 1
+                mb += msg[4]
                 if settle:
                     b = msg[3]
                     if b is not last_b:
@@ -689,7 +703,7 @@ class PubsubState:
                 else:
                     naks.append((m.consumer, msg, dcount))
             if last_m is not None:
-                self._settle(last_m, mn)
+                self._settle(last_m, mn, mb)
             if last_b is not None:
                 self._release(last_b, bn)
             for c, msg, dcount in reversed(naks):
@@ -703,8 +717,9 @@ class PubsubState:
                 else:
                     c.pending.appendleft(msg)
 
-    def _settle(self, m: Member, n: int) -> None:
+    def _settle(self, m: Member, n: int, nbytes: int) -> None:
         m.inflight -= n
+        m.inflight_bytes -= nbytes
         c = m.consumer
         c.outstanding -= n
         self.dirty.add(c)
@@ -740,6 +755,7 @@ class PubsubState:
                     del deliveries[did]
                     m, msg, _, dcount = rec
                     m.inflight -= 1
+                    m.inflight_bytes -= msg[4]
                     c.outstanding -= 1
                     c.counts[msg[0]] = dcount
                     c.pending.appendleft(msg)

@@ -483,7 +483,7 @@ def _copy_owed(
             if not takers:
                 continue
             seq = first + i
-            msg = (seq, subj, MSG_DESC.pack(seq, base + rel, hl, pl, sl), block)
+            msg = (seq, subj, MSG_DESC.pack(seq, base + rel, hl, pl, sl), block, hl + pl)
             for c, count in takers:
                 c.pending.append(msg)
                 if count:

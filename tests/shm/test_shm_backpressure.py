@@ -99,3 +99,29 @@ async def test_publishes_beyond_the_tx_arena_wait_for_room_and_all_arrive(sock: 
             assert msg.payload == expected
             await msg.ack()
         await bus.close()
+
+
+async def test_a_member_holds_at_most_its_window_of_bytes_unacked(sock: str) -> None:
+    """With large messages the byte window binds before the count window: a
+    member gets deliveries until they add up to member_window_bytes (one
+    always goes, however big), and more as it acks."""
+    async with running_broker(sock, member_window_bytes=100 * KIB) as server:
+        bus = await klieo_shm.connect(f"shm://{sock}")
+        stream = await bus.pubsub.subscribe("bp.big", "reader")
+        await bus.pubsub.publish("bp.big", bytes(150 * KIB))  # over the window alone
+        await asyncio.gather(*[bus.pubsub.publish("bp.big", bytes(30 * KIB)) for _ in range(9)])
+        state = server.broker.pubsub.consumers["reader"]
+        first = await stream.next(timeout=10)
+        assert len(first.payload) == 150 * KIB
+        assert state.outstanding == 1  # the big one fills the window by itself
+        await first.ack()
+        got = [await stream.next(timeout=10) for _ in range(4)]
+        assert state.outstanding == 4  # 4 x 30 KiB reach 100 KiB
+        await bus.pubsub.ack_many(got)
+        more = [await stream.next(timeout=10) for _ in range(4)]
+        assert state.outstanding == 4
+        await bus.pubsub.ack_many(more)
+        last = await stream.next(timeout=10)
+        assert all(len(m.payload) == 30 * KIB for m in [*got, *more, last])
+        await last.ack()
+        await bus.close()
