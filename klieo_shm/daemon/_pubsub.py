@@ -350,7 +350,7 @@ class PubsubState:
         self.seq += n
         one_route = routed.count(routed[0]) == n  # equal lists: the same durables
         if self.journal is None and not self.keep_meta:
-            block = Block(off, refs)
+            block = Block(off, refs, span)
         else:
             block = self._journal_publish(ev, routed, one_route, off, span, refs, first, source)
         status = PUBACK_OK

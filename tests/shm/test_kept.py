@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from shm_helpers import bus_on, restartable_daemon
+from shm_helpers import bus_on, restartable_daemon, running_broker
 
 import klieo_shm
 from klieo_shm.daemon import DaemonProcess, leftover_segments, spawn_daemon
@@ -252,4 +252,27 @@ async def test_kept_bytes_count_against_the_store(sock: str) -> None:
             got = [await stream.next(timeout=WAIT) for _ in payloads]
             assert [m.payload for m in got] == payloads
             await pub.pubsub.ack_many(got)
+            await stream.close()
+
+
+@pytest.mark.parametrize("journal", [True, False], ids=["journal", "no-state"])
+async def test_the_store_budget_of_kept_bytes_comes_back_once_acked(
+    sock: str, journal: bool
+) -> None:
+    options: dict[str, Any] = {"arena_size": 2 << 20, "max_payload": 256 << 10}
+    if not journal:
+        options["state_dir"] = None
+    async with running_broker(sock, keep_min=64 << 10, **options) as server:
+        ps = server.broker.pubsub
+        async with bus_on(sock) as bus:
+            stream = await bus.pubsub.subscribe("big.>", "reader")
+            for _ in range(3):
+                await bus.pubsub.publish("big.x", os.urandom(BIG))
+            assert client(bus).zones.kept == 3
+            assert ps.kept_bytes == 3 * ps.alloc.block_size(BIG)
+            got = [await stream.next(timeout=WAIT) for _ in range(3)]
+            await bus.pubsub.ack_many(got)
+            await round_trip(bus)
+            assert ps.kept_bytes == 0
+            assert client(bus).zones.kept == 0
             await stream.close()
