@@ -171,9 +171,10 @@ class Broker:
                 raise
         else:
             self.store_seg = Segment(self._base + "-store", config.store_size, store_mode, self.gid)
+        self.arenas = ArenaPool(self._base, config.arena_size, self.mode, self.gid)
         try:
             store = init_store(self.store_seg.view, self.pid)
-            self.pubsub = PubsubState(config, store, self.store_seg.view)
+            self.pubsub = PubsubState(config, store, self.store_seg.view, self.arenas.give)
             self.kv = KvState(config, self._base, store_mode, self.gid, _DEFER)
         except BaseException:
             self.store_seg.destroy()  # leave no segment behind
@@ -190,8 +191,6 @@ class Broker:
         )
         self.sessions: dict[int, Session] = {}
         self.pubsub.sessions = self.sessions
-        self.arenas = ArenaPool(self._base, config.arena_size, self.mode, self.gid)
-        self.pubsub.retire = self.arenas.give
         self._stuck: list[Source] = []  # arenas a shutdown leaves for the next start
         self._ids = itertools.count(1)
         self._req_ids = itertools.count(1)
@@ -423,9 +422,8 @@ class Broker:
         free = self.pubsub.alloc.free_blocks()
         for s in list(self.sessions.values()):
             self.close_session(s)
-        stuck = set(map(id, self._stuck))
         for source in list(self.pubsub.sources.values()):  # orphans still owed
-            if id(source) not in stuck:
+            if source not in self._stuck:
                 source.destroy()
         self.pubsub.sources.clear()
         self.arenas.close()

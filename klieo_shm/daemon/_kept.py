@@ -58,7 +58,6 @@ class Source:
         "client_id",
         "kept_any",
         "live",
-        "name",
         "pid",
         "seg",
         "session",
@@ -74,10 +73,14 @@ class Source:
         self.tag = session.client_id << SOURCE_SHIFT
         self.session: Session | None = session
         self.seg = seg
-        self.name = seg.name
         self.view = view
         self.live: set[Block] = set()
         self.kept_any = False
+
+    @property
+    def name(self) -> str:
+        """The segment's name (what a journal record names)."""
+        return self.seg.name
 
     def destroy(self) -> None:
         """Unmap and unlink the segment. Idempotent."""

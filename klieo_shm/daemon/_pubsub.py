@@ -69,10 +69,6 @@ Message = tuple[int, bytes, bytes, "Block", int]
 _Routed = tuple[list[bytes], list[list["Consumer"]]]
 
 
-def _destroy(seg: Segment, pid: int, start: float) -> None:
-    seg.destroy()
-
-
 class Block:
     """One publish batch in the store, or kept in the arena of ``src``;
     freed (released) when ``refs`` reaches 0. ``span`` bytes at ``off`` (in
@@ -151,7 +147,16 @@ class Consumer:
 class PubsubState:
     """Every durable consumer and the payload store's allocation."""
 
-    def __init__(self, config: BrokerConfig, store: memoryview, store_seg: memoryview) -> None:
+    def __init__(
+        self,
+        config: BrokerConfig,
+        store: memoryview,
+        store_seg: memoryview,
+        retire: Callable[[Segment, int, float], None],
+    ) -> None:
+        """``retire``: what becomes of an arena no client and no kept batch
+        uses any more (the segment, and the pid and start time of the
+        process it was for)."""
         self.config = config
         self.store = store
         self._store_seg = store_seg
@@ -179,9 +184,7 @@ class PubsubState:
         self.kept_bytes = 0  # store bytes the kept blocks would take (buddy blocks)
         self.sources: dict[int, Source] = {}
         self.sessions: dict[int, Session] = {}
-        # what becomes of an arena no client and no kept batch uses any more
-        # (the segment, and the pid and start time of the process it was for)
-        self.retire: Callable[[Segment, int, float], None] = _destroy
+        self.retire = retire
 
     # --- durables ------------------------------------------------------------
     def subscribe(

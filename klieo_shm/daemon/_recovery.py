@@ -43,7 +43,7 @@ import time
 import zlib
 from array import array
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -342,21 +342,33 @@ def restore(b: Broker, r: Recovered, state_dir: str) -> None:
         b.pubsub.keep_meta = False
 
 
-def _old_store(r: Recovered, state_dir: str) -> tuple[Any, memoryview | None]:
+def _old_store(r: Recovered, state_dir: str) -> tuple[mmap.mmap | None, memoryview | None]:
     """The data area of the store file ``r`` names (and its map), or None."""
     if r.store is None:
         return None, None
-    path = os.path.join(state_dir, r.store)
+    return _map_data(os.path.join(state_dir, r.store), "store file", open_store)
+
+
+def _arena_data(whole: memoryview) -> memoryview:
+    size = check_header(whole, ARENA_MAGIC, ARENA_VERSION)
+    return whole[HEADER_SIZE : HEADER_SIZE + size]
+
+
+def _map_data(
+    path: str, what: str, data_of: Callable[[memoryview], memoryview]
+) -> tuple[mmap.mmap | None, memoryview | None]:
+    """Map the file at ``path`` read-only; return the map and ``data_of``
+    the whole (which checks its header), or two Nones, the reason logged."""
     try:
         m = map_readonly(path)
     except (OSError, ValueError) as exc:  # ValueError: an empty file
-        log.error("cannot map the store file %s: %s", path, exc)
+        log.error("cannot map the %s %s: %s", what, path, exc)
         return None, None
     whole = memoryview(m)
     try:
-        return m, open_store(whole)
+        return m, data_of(whole)
     except LayoutError as exc:
-        log.error("store file %s: %s", path, exc)
+        log.error("%s %s: %s", what, path, exc)
         whole.release()
         m.close()
         return None, None
@@ -390,22 +402,8 @@ class _OldArenas:
     def data(self, name: str) -> memoryview | None:
         """``name``'s data area, or None if it is gone or not an arena."""
         if name not in self._maps:
-            self._maps[name] = None
-            try:
-                m = map_readonly(SHM_DIR + name)
-            except (OSError, ValueError) as exc:  # ValueError: an empty segment
-                log.error("cannot map the arena segment %s: %s", name, exc)
-                return None
-            whole = memoryview(m)
-            try:
-                size = check_header(whole, ARENA_MAGIC, ARENA_VERSION)
-            except LayoutError as exc:
-                log.error("arena segment %s: %s", name, exc)
-                whole.release()
-                m.close()
-                return None
-            self._maps[name] = (m, whole[HEADER_SIZE : HEADER_SIZE + size])
-            whole.release()
+            m, data = _map_data(SHM_DIR + name, "arena segment", _arena_data)
+            self._maps[name] = None if m is None or data is None else (m, data)
         got = self._maps[name]
         return None if got is None else got[1]
 
