@@ -148,8 +148,12 @@ class NatsKv(KvStore):
         kv = await self._bucket(bucket, create=True)
         assert kv is not None
         with translated("watch", url=self.conn.url):
+            # the bucket's last revision before the watch: a delete marker up
+            # to it belongs to the current values, whatever nats-py's marker
+            # of their end says (it can come before them: see _Watch.next)
+            floor = (await kv.status()).stream_info.state.last_seq or 0
             watcher = await kv.watch(pattern)
-        impl = _Watch(self, bucket, watcher)
+        impl = _Watch(self, bucket, watcher, floor)
         self._watches.add(impl)
         return KvWatch(impl)
 
@@ -167,11 +171,14 @@ class NatsKv(KvStore):
 class _Watch:
     """A :class:`~klieo_shm.KvWatch` impl over a nats-py ``KeyWatcher``."""
 
-    def __init__(self, owner: NatsKv, bucket: str, watcher: KeyValue.KeyWatcher) -> None:
+    def __init__(
+        self, owner: NatsKv, bucket: str, watcher: KeyValue.KeyWatcher, floor: int
+    ) -> None:
+        """``floor``: the bucket's last revision before the watch began."""
         self._owner = owner
         self._bucket = bucket
         self._watcher = watcher
-        self._initial = True
+        self._floor = floor
         self._closed = False
 
     async def next(self) -> KvChange | None:
@@ -180,12 +187,11 @@ class _Watch:
                 entry = await anext(self._watcher)
             except StopAsyncIteration:
                 return None
-            if entry is None:  # the end of the current values
-                self._initial = False
-                continue
+            if entry is None:  # nats-py's end of the current values: not relied on
+                continue  # (under load it can come before the last of them)
             deleted = entry.operation in (KV_DEL, KV_PURGE)
-            if deleted and self._initial:
-                continue
+            if deleted and (entry.revision or 0) <= self._floor:
+                continue  # a key deleted before the watch: not a current value
             return KvChange(
                 bucket=self._bucket,
                 key=entry.key,
