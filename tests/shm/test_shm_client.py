@@ -11,6 +11,7 @@ from shm_helpers import running_broker
 import klieo_shm
 from klieo_shm.protocol import KV_OP_CAS, KvWrite
 from klieo_shm.shm import ShmKvStore, ShmPubsub
+from klieo_shm.shm._client import _EAGER_ACKS, _EAGER_MSGS
 
 
 async def test_forked_child_reconnects_and_leaves_the_parent_connection_alone(sock: str) -> None:
@@ -209,6 +210,43 @@ async def test_ack_many_queues_one_range_and_acks_deliveries_of_another_bus_too(
                 await stream.next_many(100, timeout=1.5)
         await one.close()
         await two.close()
+
+
+async def test_long_bursts_of_publishes_and_acks_are_written_while_they_are_queued(
+    sock: str,
+) -> None:
+    """A caller that queues many publishes (or acks) in one loop turn does
+    not wait for the turn's end to have the first ones written: the broker
+    works on them meanwhile. Every message still arrives once, in order."""
+    async with running_broker(sock):
+        bus = await klieo_shm.connect(f"shm://{sock}")
+        stream = await bus.pubsub.subscribe("burst.x", "d")
+        client = bus.pubsub._client  # type: ignore[attr-defined]
+        count = _EAGER_MSGS + 10
+        futs = [bus.pubsub.publish_async("burst.x", b"%d" % i) for i in range(count)]
+
+        # nothing awaited yet: the first _EAGER_MSGS went out as one batch
+        assert len(client._inflight) == 1
+        assert len(client._batch) == 10
+        await asyncio.gather(*futs)
+        got: list[klieo_shm.Msg] = []
+        while len(got) < 2 * _EAGER_ACKS:  # within the broker's member window
+            got += await stream.next_many(2 * _EAGER_ACKS - len(got), timeout=10)
+
+        await bus.pubsub.ack_many(got[: _EAGER_ACKS - 1])
+        assert len(client._acks) == 1  # under the mark: queued for the turn's end
+        await bus.pubsub.ack_many(got[_EAGER_ACKS - 1 :])
+        assert client._acks == []  # written at once
+        while len(got) < count:
+            more = await stream.next_many(count, timeout=10)
+            await bus.pubsub.ack_many(more)
+            got += more
+        assert [m.payload for m in got] == [b"%d" % i for i in range(count)]
+        await stream.close()  # hands what is unacked to the next member at once
+        again = await bus.pubsub.subscribe("burst.x", "d")
+        with pytest.raises(klieo_shm.Timeout):  # all were acked: nothing comes back
+            await again.next_many(count, timeout=1.0)
+        await bus.close()
 
 
 @pytest.mark.parametrize("size", [0, 1, 100, 5000, 60_000])
