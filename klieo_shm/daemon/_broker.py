@@ -18,6 +18,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
+import posix_ipc
+
 from .. import __version__
 from .._errors import BusError, Closed, HandlerError, InvalidArgument, NotFound, ProtocolError
 from .._names import validate_durable, validate_subject, validate_subject_pattern
@@ -324,7 +326,7 @@ class Broker:
         except ProtocolError as exc:
             log.warning("%r: protocol violation, closing: %s", s, exc)
             return self._refuse(s, "protocol", str(exc))
-        except OSError as exc:
+        except (OSError, posix_ipc.Error) as exc:  # e.g. its arena cannot be made
             log.error("%r: cannot serve: %s", s, exc)
             return self._refuse(s, "resources", f"broker cannot serve this client: {exc}")
         finally:

@@ -185,3 +185,30 @@ def test_a_relative_state_directory_is_made_absolute(sock: str) -> None:
     # clients open the store file in it by path, from their own working directory
     config = BrokerConfig(socket_path=sock, state_dir="relative/state")
     assert config.state_dir == os.path.join(os.getcwd(), "relative", "state")
+
+
+async def test_a_client_whose_arena_cannot_be_made_gets_a_clear_error_and_others_go_on(
+    sock: str,
+) -> None:
+    """The broker cannot create the next client's arena (here: a segment of
+    that name exists already): that client is refused with the cause named;
+    the broker and every other client keep working."""
+    async with running_broker(sock):
+        first = await klieo_shm.connect(f"shm://{sock}")
+        welcome = first.pubsub._client._welcome  # type: ignore[attr-defined]
+        taken = f"{welcome.arena_prefix}{welcome.client_id + 1}"  # ids are sequential
+        squatter = posix_ipc.SharedMemory(taken, posix_ipc.O_CREX, size=4096)
+        squatter.close_fd()
+        try:
+            with pytest.raises(klieo_shm.BusError, match="cannot serve this client"):
+                await klieo_shm.connect(f"shm://{sock}")
+        finally:
+            posix_ipc.unlink_shared_memory(taken)
+        third = await klieo_shm.connect(f"shm://{sock}")
+        stream = await third.pubsub.subscribe("after.x", "d")
+        await first.pubsub.publish("after.x", b"still here")
+        got = await stream.next(timeout=10)
+        assert got is not None
+        assert got.payload == b"still here"
+        await third.close()
+        await first.close()
