@@ -70,6 +70,9 @@ CLAIM_WAIT: Final = 1.0
 PREFETCH_MAX: Final = 256
 _ENQUEUE_BATCH_BYTES: Final = 512 * 1024
 _ENQUEUE_BATCH_COUNT: Final = 4096
+_ENQUEUE_EAGER: Final = 256
+"""Jobs queued by ``enqueue_async`` in one loop turn that are sent at once,
+not at the end of the turn (as the client's publishes; see ``_EAGER_MSGS``)."""
 _RESOLVE_BATCH: Final = 4096
 _CLAIM_RETRIES: Final = 3
 """Times a claim is sent again after its connection broke, before it raises."""
@@ -259,7 +262,9 @@ class ShmJobQueue(JobQueue):
         if batch is None:
             batch = self._enq[queue] = []
         batch.append((job, fut))
-        if not self._enq_scheduled:
+        if len(batch) >= _ENQUEUE_EAGER and client.connected:
+            self._send_enqueues()  # a long burst: the broker starts on it now
+        elif not self._enq_scheduled:
             self._enq_scheduled = True
             loop.call_soon(self._send_enqueues)
         return fut

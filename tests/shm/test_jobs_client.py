@@ -172,6 +172,7 @@ async def test_malformed_job_calls_fail_that_call_or_connection_only(
 
 async def test_enqueue_async_pipelines_without_a_task_per_job(sock: str) -> None:
     from klieo_shm.shm import ShmJobQueue
+    from klieo_shm.shm._jobs import _ENQUEUE_EAGER
 
     async with running_broker(sock):
         bus = await klieo_shm.connect(f"shm://{sock}")
@@ -180,6 +181,8 @@ async def test_enqueue_async_pipelines_without_a_task_per_job(sock: str) -> None
         before = len(asyncio.all_tasks())
         futures = [jobs.enqueue_async("ea", Job(b"%d" % i)) for i in range(3000)]
         assert len(asyncio.all_tasks()) == before  # futures, not tasks
+        # nothing awaited yet: all but the last 3000 % _ENQUEUE_EAGER went out
+        assert len(jobs._enq["ea"]) == 3000 % _ENQUEUE_EAGER
         ids = await asyncio.gather(*futures)
         assert len(set(ids)) == 3000
         dup = await jobs.enqueue_async("ea", Job(b"again", dedup_key="k"))
