@@ -42,10 +42,11 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import mmap
 import operator
 import os
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, ClassVar, Final, TypeVar
 
 import posix_ipc
@@ -236,6 +237,8 @@ class ShmClient:
         self._store_map: Mapping | None = None
         self.arena = memoryview(b"")
         self.store = memoryview(b"")
+        # the store's whole mapping (header first), to copy payloads out of
+        self.store_mm: mmap.mmap | bytes = b""
         self.zones = TxZones(1 << 20, 0)
         self.peers: PeerArenas | None = None  # arenas kept batches are read from
         self._out: list[bytes] = []
@@ -338,6 +341,7 @@ class ShmClient:
             self._store_map = Mapping(welcome.store_name, welcome.store_size, writable=False)
             self.arena = open_arena(self._arena_map.view, welcome.client_id)
             self.store = open_store(self._store_map.view)
+            self.store_mm = self._store_map.mm
             self.zones = TxZones(len(self.arena), welcome.keep_min)
         except (OSError, ValueError, posix_ipc.Error) as exc:
             self._teardown()
@@ -379,6 +383,7 @@ class ShmClient:
             self.peers.close()
             self.peers = None
         self.arena = self.store = memoryview(b"")
+        self.store_mm = b""
         for m in (self._arena_map, self._store_map):
             if m is not None:
                 m.close()
@@ -788,13 +793,20 @@ class ShmClient:
         if self._lost is not None or self._transport is None or not delivery_ids:
             return
         acks = self._acks
-        for did in delivery_ids:
+        count, start = len(delivery_ids), delivery_ids[0]
+        if delivery_ids[-1] - start == count - 1 and all(
+            map(operator.eq, delivery_ids, range(start, start + count))
+        ):  # one run of ids (the usual batch): one range, no step per id
+            runs: Iterable[tuple[int, int]] = ((start, count),)
+        else:
+            runs = zip(delivery_ids, itertools.repeat(1))
+        for did, m in runs:
             if acks:
                 first, n, k, d = acks[-1]
                 if k == kind and d == delay_ms and first + n == did:
-                    acks[-1] = (first, n + 1, k, d)
+                    acks[-1] = (first, n + m, k, d)
                     continue
-            acks.append((did, 1, kind, delay_ms))
+            acks.append((did, m, kind, delay_ms))
         self._acked += len(delivery_ids)
         if self._acked >= _EAGER_ACKS:
             self._flush()

@@ -48,6 +48,12 @@ class Mapping:
                 shm.close_fd()
         self.view = memoryview(self._map)
 
+    @property
+    def mm(self) -> mmap.mmap:
+        """The mapping itself: slicing it copies bytes out in one step, half
+        the cost of ``bytes(view[a:b])`` for small payloads."""
+        return self._map
+
     def close(self) -> None:
         """Unmap. Idempotent; a still-referenced slice keeps it mapped until GC."""
         view, self.view = self.view, memoryview(b"")

@@ -25,16 +25,18 @@ import contextlib
 import inspect
 import itertools
 import logging
+import operator
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import msgpack
 
 from .._errors import BusError, Closed, PayloadTooLarge, ProtocolError, Timeout
-from .._handles import Msg, MsgStream, Service, ack_each, ack_impl, take_for_ack
+from .._handles import Msg, MsgStream, Service, ack_each, take_for_ack
 from .._interfaces import Handler, Pubsub, RequestReply
 from .._names import validate_durable, validate_subject, validate_subject_pattern
 from .._values import Headers, as_bytes, check_duration, check_headers
+from ..layout import HEADER_SIZE
 from ..protocol import (
     ACK_KIND_ACK,
     ACK_KIND_NAK,
@@ -83,6 +85,14 @@ class _Ack:
 
     async def in_progress(self) -> None:
         self._send(ACK_KIND_PROGRESS)
+
+
+_DESC_SIZE: Final = DELIVER_DESC.size
+_SUBJ_LEN: Final = _DESC_SIZE - 2  # where a descriptor's u16 subj_len starts
+_IMPL = operator.attrgetter("_impl")
+_CLIENT = operator.attrgetter("_client")
+_GEN = operator.attrgetter("_gen")
+_DID = operator.attrgetter("_did")
 
 
 class _Sub(ItemQueue[Msg]):
@@ -172,12 +182,19 @@ class ShmPubsub(Pubsub):
 
     async def ack_many(self, msgs: Iterable[Msg]) -> None:
         batch = take_for_ack(msgs, Msg)
-        ours = [impl for impl in map(ack_impl, batch) if type(impl) is _Ack]
-        if len(ours) == len(batch):
-            client = self._client
+        ours = list(map(_IMPL, batch))  # ack_impl, as one C call per item
+        client = self._client
+        if (  # the usual batch, all delivered on this connection: C-level checks
+            set(map(type, ours)) == {_Ack}
+            and set(map(_CLIENT, ours)) == {client}
+            and set(map(_GEN, ours)) == {client.gen}
+        ):
+            client.ack_all(list(map(_DID, ours)))
+        elif all(type(impl) is _Ack for impl in ours):
             gen = client.gen
-            client.ack_all([a._did for a in ours if a._client is client and a._gen == gen])
-            for a in ours:
+            acks = cast(list[_Ack], ours)
+            client.ack_all([a._did for a in acks if a._client is client and a._gen == gen])
+            for a in acks:
                 if a._client is not client:  # delivered on another shm bus
                     a._send(ACK_KIND_ACK)
         else:  # deliveries of another backend among them
@@ -198,35 +215,54 @@ class ShmPubsub(Pubsub):
             return  # closed: the broker hands these to others on unsubscribe
         client = self._client
         gen = client.gen
-        store = client.store
-        subjects, names = ev.subjects, self._subjects
-        pos = 0
+        store, store_mm = client.store, client.store_mm
         items = sub.items
-        for did, dcount, seq, off, hl, pl, sl in DELIVER_DESC.iter_unpack(ev.descs):
-            raw = subjects[pos : pos + sl]
-            pos += sl
-            name = names.get(raw)
-            if name is None:
-                if len(names) > 10000:
-                    names.clear()
-                name = names[raw] = raw.decode()
+        descs = DELIVER_DESC.iter_unpack(ev.descs)
+        for (did, dcount, seq, off, hl, pl, _), name in zip(descs, self._names(ev), strict=False):
             if off > OFFSET_MASK:  # a kept batch: in its publisher's arena
                 kept = self._kept_view(off >> SOURCE_SHIFT)
                 if kept is None:
                     continue  # see _kept_view: resolved elsewhere already
                 view = kept
                 off &= OFFSET_MASK
+                payload = bytes(view[off + hl : off + hl + pl])
             else:
                 view = store
+                start = HEADER_SIZE + off + hl  # the store's data area follows its header
+                payload = store_mm[start : start + pl]
             # SYNC POINT: reads bytes written (store: by the broker; arena: by
             # the publisher, before its publish frame) before this frame was sent.
             try:
                 headers = msgpack.unpackb(view[off : off + hl], raw=False) if hl else {}
             except Exception as exc:  # msgpack raises many types for garbage
                 raise ProtocolError(f"delivery {did}: headers are not msgpack: {exc}") from None
-            payload = bytes(view[off + hl : off + hl + pl])
             items.append(Msg(name, payload, headers, seq, dcount, _Ack(client, gen, did)))
         sub.wake()
+
+    def _names(self, ev: DeliverBatch) -> Iterable[str]:
+        """The subject of each delivery of ``ev``, decoded once per name."""
+        subjects, descs, count = ev.subjects, ev.descs, ev.count
+        # subj_len is a descriptor's last two bytes: equal lengths and one
+        # subject repeated are checked in C, with no step per delivery
+        lo, hi = descs[_SUBJ_LEN::_DESC_SIZE], descs[_SUBJ_LEN + 1 :: _DESC_SIZE]
+        if count and lo == lo[:1] * count and hi == hi[:1] * count:
+            head = subjects[: lo[0] | hi[0] << 8]
+            if subjects == head * count:
+                return itertools.repeat(self._name(head), count)
+        out, pos = [], 0
+        for *_, sl in DELIVER_DESC.iter_unpack(descs):
+            out.append(self._name(subjects[pos : pos + sl]))
+            pos += sl
+        return out
+
+    def _name(self, raw: bytes) -> str:
+        names = self._subjects
+        name = names.get(raw)
+        if name is None:
+            if len(names) > 10000:
+                names.clear()
+            name = names[raw] = raw.decode()
+        return name
 
     def _kept_view(self, client_id: int) -> memoryview | None:
         """The data area of the arena a kept batch was delivered from, or

@@ -249,6 +249,29 @@ async def test_long_bursts_of_publishes_and_acks_are_written_while_they_are_queu
         await bus.close()
 
 
+@pytest.mark.parametrize(
+    "subjects",
+    [
+        ["sub.a", "sub.b"],  # equal lengths, different subjects
+        ["sub.ab", "sub.a", "sub.bab"],  # different lengths
+        ["sub.same"],  # one subject (decoded once per batch)
+    ],
+)
+async def test_each_delivery_of_a_batch_keeps_its_own_subject(
+    sock: str, subjects: list[str]
+) -> None:
+    async with running_broker(sock):
+        bus = await klieo_shm.connect(f"shm://{sock}")
+        stream = await bus.pubsub.subscribe("sub.>", "d")
+        sent = [subjects[i % len(subjects)] for i in range(60)]
+        await asyncio.gather(*[bus.pubsub.publish_async(s, b"%d" % i) for i, s in enumerate(sent)])
+        got: list[klieo_shm.Msg] = []
+        while len(got) < len(sent):
+            got += await stream.next_many(100, timeout=10)
+        assert [(m.subject, m.payload) for m in got] == [(s, b"%d" % i) for i, s in enumerate(sent)]
+        await bus.close()
+
+
 @pytest.mark.parametrize("size", [0, 1, 100, 5000, 60_000])
 async def test_one_batch_of_mixed_headers_keeps_each_message_intact(sock: str, size: int) -> None:
     """Messages queued in one loop turn share a batch (joined into the arena
