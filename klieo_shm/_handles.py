@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import operator
 from collections.abc import AsyncIterator, Iterable, Sequence
 from types import TracebackType
 from typing import Generic, Protocol, TypeVar, cast
@@ -422,32 +421,19 @@ def take_for_ack(items: Iterable[_R], kind: type[_R]) -> list[_R]:
     one is resolved already or listed twice,
     :class:`~klieo_shm.InvalidArgument` if one is not a ``kind``; then no
     item is marked."""
-    batch = list(items)
-    # the usual batch passes three C-level checks; the loop below finds the culprit
-    if (
-        all(map(isinstance, batch, itertools.repeat(kind)))
-        and not any(map(_RESOLVED_BY, batch))
-        and len(set(map(id, batch))) == len(batch)
-    ):
-        for item in batch:
-            item._resolved_by = "ack"
-        return batch
     what = "message" if kind is Msg else "job"
-    seen: set[int] = set()
-    for item in batch:
-        if not isinstance(item, kind):
-            raise InvalidArgument(
-                f"{what}s", type(item).__name__, f"must hold {kind.__name__} objects"
-            )
-        if item._resolved_by is not None:
-            raise AlreadyAcknowledged(what, item._resolved_by)
-        if id(item) in seen:
-            raise AlreadyAcknowledged(what, "ack")
-        seen.add(id(item))
-    raise AssertionError("unreachable: a check above failed")  # pragma: no cover
-
-
-_RESOLVED_BY = operator.attrgetter("_resolved_by")
+    batch = list(items)
+    if not all(map(isinstance, batch, itertools.repeat(kind))):
+        bad = next(item for item in batch if not isinstance(item, kind))
+        raise InvalidArgument(f"{what}s", type(bad).__name__, f"must hold {kind.__name__} objects")
+    for i, item in enumerate(batch):
+        if item._resolved_by is not None:  # resolved before, or listed twice
+            twice = any(item is earlier for earlier in batch[:i])
+            for earlier in batch[:i]:
+                earlier._resolved_by = None
+            raise AlreadyAcknowledged(what, "ack" if twice else item._resolved_by)
+        item._resolved_by = "ack"
+    return batch
 
 
 async def ack_each(batch: Sequence[Msg | ClaimedJob]) -> None:

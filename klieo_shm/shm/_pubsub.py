@@ -32,7 +32,7 @@ from typing import Any, Final, cast
 import msgpack
 
 from .._errors import BusError, Closed, PayloadTooLarge, ProtocolError, Timeout
-from .._handles import Msg, MsgStream, Service, ack_each, take_for_ack
+from .._handles import AckImpl, Msg, MsgStream, Service, ack_each, take_for_ack
 from .._interfaces import Handler, Pubsub, RequestReply
 from .._names import validate_durable, validate_subject, validate_subject_pattern
 from .._values import Headers, as_bytes, check_duration, check_headers
@@ -87,11 +87,52 @@ class _Ack:
         self._send(ACK_KIND_PROGRESS)
 
 
+class _Gen:
+    """One connection of a client (its generation ``gen``): shared by the
+    deliveries that came on it, whose ids mean something only there."""
+
+    __slots__ = ("client", "gen")
+
+    def __init__(self, client: ShmClient, gen: int) -> None:
+        self.client = client
+        self.gen = gen
+
+
+class _ShmMsg(Msg):
+    """A delivery on the shm backend: its delivery id and connection kept on
+    the message itself, so that a delivery is one object and a batch of
+    them is acked with C-level steps (``ShmPubsub.ack_many``)."""
+
+    __slots__ = ("_did", "_on")
+
+    def __init__(  # Msg.__init__ not called: its one assignment left is _impl
+        self,
+        subject: str,
+        payload: bytes,
+        headers: Headers,
+        seq: int,
+        delivery_count: int,
+        on: _Gen,
+        did: int,
+    ) -> None:
+        self._resolved_by = None
+        self.subject = subject
+        self.payload = payload
+        self.headers = headers
+        self.seq = seq
+        self.delivery_count = delivery_count
+        self._on = on
+        self._did = did
+
+    @property
+    def _impl(self) -> AckImpl:  # type: ignore[override]  # Msg's writable slot, read-only here
+        return _Ack(self._on.client, self._on.gen, self._did)
+
+
 _DESC_SIZE: Final = DELIVER_DESC.size
 _SUBJ_LEN: Final = _DESC_SIZE - 2  # where a descriptor's u16 subj_len starts
 _IMPL = operator.attrgetter("_impl")
-_CLIENT = operator.attrgetter("_client")
-_GEN = operator.attrgetter("_gen")
+_ON = operator.attrgetter("_on")
 _DID = operator.attrgetter("_did")
 
 
@@ -117,6 +158,7 @@ class ShmPubsub(Pubsub):
         self._ids = itertools.count(1)
         self._subjects: dict[bytes, str] = {}
         self._valid: dict[str, bytes] = {}  # subjects already validated
+        self._on = _Gen(client, client.gen)
         client.on_deliver = self._on_deliver
         client.on_stream_end = self._on_stream_end
 
@@ -182,15 +224,13 @@ class ShmPubsub(Pubsub):
 
     async def ack_many(self, msgs: Iterable[Msg]) -> None:
         batch = take_for_ack(msgs, Msg)
-        ours = list(map(_IMPL, batch))  # ack_impl, as one C call per item
         client = self._client
-        if (  # the usual batch, all delivered on this connection: C-level checks
-            set(map(type, ours)) == {_Ack}
-            and set(map(_CLIENT, ours)) == {client}
-            and set(map(_GEN, ours)) == {client.gen}
-        ):
-            client.ack_all(list(map(_DID, ours)))
-        elif all(type(impl) is _Ack for impl in ours):
+        # the usual batch, all delivered on this connection: C-level checks
+        if set(map(type, batch)) == {_ShmMsg} and set(map(_ON, batch)) == {self._gen()}:
+            client.ack_all(list(map(_DID, batch)))
+            return
+        ours = list(map(_IMPL, batch))  # ack_impl, as one C call per item
+        if all(type(impl) is _Ack for impl in ours):
             gen = client.gen
             acks = cast(list[_Ack], ours)
             client.ack_all([a._did for a in acks if a._client is client and a._gen == gen])
@@ -214,7 +254,7 @@ class ShmPubsub(Pubsub):
         if sub is None or sub.closed:
             return  # closed: the broker hands these to others on unsubscribe
         client = self._client
-        gen = client.gen
+        on = self._gen()
         store, store_mm = client.store, client.store_mm
         items = sub.items
         descs = DELIVER_DESC.iter_unpack(ev.descs)
@@ -236,8 +276,15 @@ class ShmPubsub(Pubsub):
                 headers = msgpack.unpackb(view[off : off + hl], raw=False) if hl else {}
             except Exception as exc:  # msgpack raises many types for garbage
                 raise ProtocolError(f"delivery {did}: headers are not msgpack: {exc}") from None
-            items.append(Msg(name, payload, headers, seq, dcount, _Ack(client, gen, did)))
+            items.append(_ShmMsg(name, payload, headers, seq, dcount, on, did))
         sub.wake()
+
+    def _gen(self) -> _Gen:
+        """The client's live connection, as its deliveries name it."""
+        on, client = self._on, self._client
+        if on.gen != client.gen:
+            on = self._on = _Gen(client, client.gen)
+        return on
 
     def _names(self, ev: DeliverBatch) -> Iterable[str]:
         """The subject of each delivery of ``ev``, decoded once per name."""
