@@ -293,6 +293,19 @@ class PubsubState:
             raise RemoteProtocolError(f"publish batch {ev.batch_no}: {err}")
         lo, hi, limit = SLOT.size, ev.region_len, self.config.max_payload
         subjects, routes, pos = ev.subjects, self.routes, 0
+        descs, n = ev.descs, len(ev.descs)
+        if n:  # the usual batch, of one subject: checked in C-level steps
+            rels, hls, pls, sls = zip(*descs, strict=True)
+            head = subjects[: sls[0]]
+            if (
+                sls.count(sls[0]) == n
+                and subjects == head * n
+                and min(rels) >= lo
+                and max(map(operator.add, map(operator.add, rels, hls), pls)) <= hi
+                and max(pls) <= limit
+            ):
+                cons = routes.get(head)
+                return [head] * n, [cons if cons is not None else self._route(head)] * n
         routed: list[list[Consumer]] = []
         subjs: list[bytes] = []
         for rel, hl, pl, sl in ev.descs:
