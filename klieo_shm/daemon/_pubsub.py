@@ -44,7 +44,7 @@ from ..protocol import (
     RemoteProtocolError,
     StreamEnd,
 )
-from ..protocol._frames import DELIVER_ID, MSG_DESC, PUB_DESC, pack_rows
+from ..protocol._frames import COUNT, MSG_DESC, PUB_DESC, pack_rows
 from ._journal import ACKED, DELIVERED, DURABLE, DURABLE_DEL, MOVED, PUBLISH
 from ._kept import Source
 from ._segments import Segment
@@ -616,14 +616,16 @@ class PubsubState:
             parts: list[bytes] = []
             subjects: list[bytes] = []
             deliveries = s.deliveries
-            pack_id, popleft = DELIVER_ID.pack, pending.popleft
+            popleft = pending.popleft
             journal = self.journal
             seqs = array("q") if journal is not None else None
+            dcounts = array("I") if counts else None  # else all first deliveries
             room_bytes, nbytes = cfg.member_window_bytes - m.inflight_bytes, 0
             for did in range(first, first + take):
                 msg = popleft()
-                if counts:
+                if dcounts is not None:
                     dcount = counts.pop(msg[0], 0) + 1
+                    dcounts.append(dcount)
                     if dcount > 1:
                         c.redelivered += 1
                 else:
@@ -631,7 +633,6 @@ class PubsubState:
                 deliveries[did] = (m, msg, deadline, dcount)
                 if seqs is not None:
                     seqs.append(msg[0])
-                parts.append(pack_id(did, dcount))
                 parts.append(msg[2])
                 subjects.append(msg[1])
                 nbytes += msg[4]
@@ -645,7 +646,10 @@ class PubsubState:
             heapq.heappush(c.timers, (deadline, next(self._tie), s, first, first + take - 1))
             if seqs is not None:
                 journal.append([DELIVERED, c.name, seqs.tobytes()])  # type: ignore[union-attr]
-            s.send(DeliverBatch(m.sub_id, take, b"".join(parts), b"".join(subjects)))
+            redone = (
+                pack_rows(COUNT, [(n,) for n in dcounts]) if dcounts and max(dcounts) > 1 else b""
+            )
+            s.send(DeliverBatch(m.sub_id, take, first, b"".join(parts), b"".join(subjects), redone))
 
     # --- acks ----------------------------------------------------------------
     def ack(self, s: Session, ranges: list[tuple[int, ...]], now: float) -> None:

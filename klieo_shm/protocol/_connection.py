@@ -51,7 +51,8 @@ from ._frames import (
     ACK_DESC,
     ACK_HEAD,
     ACK_KINDS,
-    DELIVER_DESC,
+    COUNT,
+    DELIVER_FLAG_COUNTS,
     DELIVER_HEAD,
     FRAME_HEAD,
     KIND_ACK,
@@ -61,6 +62,7 @@ from ._frames import (
     KIND_PUBLISH,
     MAX_BATCH,
     MIN_MAX_FRAME,
+    MSG_DESC,
     PUB_DESC,
     PUB_FLAG_KEEP,
     PUB_HEAD,
@@ -80,7 +82,7 @@ __all__ = [
     "State",
 ]
 
-PROTOCOL_VERSION: Final = 5
+PROTOCOL_VERSION: Final = 6
 """1: the first; 2: ``Welcome.store_name`` may be a file path (the store of a
 broker with a state directory), not only a POSIX shared-memory name; 3: KV
 puts, cas and deletes travel as ``KvWrite``/``KvWritten`` frames, requests as
@@ -297,12 +299,18 @@ def _encode(event: Event, max_frame: int, packer: msgpack.Packer) -> bytes:
         return encode_frame(KIND_PUBLISH, body, max_frame)
     if isinstance(event, DeliverBatch):
         _check_batch(event.count)
-        if len(event.descs) != event.count * DELIVER_DESC.size:
+        if len(event.descs) != event.count * MSG_DESC.size:
             raise LocalProtocolError(
                 f"deliver batch of {event.count} has {len(event.descs)} descriptor bytes"
             )
-        head = DELIVER_HEAD.pack(event.sub_id, event.count)
-        return encode_frame(KIND_DELIVER, b"".join((head, event.descs, event.subjects)), max_frame)
+        if event.counts and len(event.counts) != event.count * COUNT.size:
+            raise LocalProtocolError(
+                f"deliver batch of {event.count} has {len(event.counts)} bytes of counts"
+            )
+        flags = DELIVER_FLAG_COUNTS if event.counts else 0
+        head = DELIVER_HEAD.pack(event.sub_id, event.count, event.first_id, flags)
+        body = b"".join((head, event.descs, event.counts, event.subjects))
+        return encode_frame(KIND_DELIVER, body, max_frame)
     if isinstance(event, AckBatch):
         _check_batch(len(event.ranges))
         body = ACK_HEAD.pack(len(event.ranges)) + b"".join(ACK_DESC.pack(*r) for r in event.ranges)
@@ -334,11 +342,21 @@ def _decode(kind: int, body: bytes) -> Event:
     if kind == KIND_DELIVER:
         if len(body) < DELIVER_HEAD.size:
             raise RemoteProtocolError(f"truncated deliver frame: {len(body)} bytes")
-        sub_id, count = DELIVER_HEAD.unpack_from(body, 0)
-        end = DELIVER_HEAD.size + count * DELIVER_DESC.size
-        if count > MAX_BATCH or len(body) < end:
+        sub_id, count, first_id, flags = DELIVER_HEAD.unpack_from(body, 0)
+        if flags & ~DELIVER_FLAG_COUNTS:
+            raise RemoteProtocolError(f"deliver frame: unknown flags {flags:#x}")
+        end = DELIVER_HEAD.size + count * MSG_DESC.size
+        counts_end = end + (count * COUNT.size if flags else 0)
+        if count > MAX_BATCH or len(body) < counts_end:
             raise RemoteProtocolError(f"deliver frame of {len(body)} bytes cannot hold {count}")
-        return DeliverBatch(sub_id, count, body[DELIVER_HEAD.size : end], body[end:])
+        return DeliverBatch(
+            sub_id,
+            count,
+            first_id,
+            body[DELIVER_HEAD.size : end],
+            body[counts_end:],
+            body[end:counts_end],
+        )
     if kind == KIND_ACK:
         _, ranges, rest = iter_descriptors(body, ACK_HEAD, ACK_DESC, 0, "ack")
         if rest:

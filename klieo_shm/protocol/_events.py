@@ -233,20 +233,28 @@ class PubAck:
 
 @dataclass(slots=True, eq=False)
 class DeliverBatch:
-    """Server -> client. ``descs`` holds ``count`` packed ``DELIVER_DESC``
-    entries (the broker builds them from per-message parts it packed once);
-    :meth:`entries` unpacks them as ``(delivery_id, delivery_count, seq,
-    store_off, hdr_len, pay_len, subj_len)`` tuples."""
+    """Server -> client. ``count`` deliveries with the ids ``first_id``,
+    ``first_id + 1``, ...: ``descs`` holds their packed ``MSG_DESC`` entries
+    (packed once per message by the broker), ``counts`` their delivery
+    counts as packed u32 (empty: all 1), ``subjects`` their subjects
+    concatenated. :meth:`entries` unpacks them as ``(delivery_id,
+    delivery_count, seq, store_off, hdr_len, pay_len, subj_len)`` tuples."""
 
     sub_id: int
     count: int
+    first_id: int
     descs: bytes
     subjects: bytes
+    counts: bytes = b""
 
     def entries(self) -> list[tuple[int, ...]]:
-        from ._frames import DELIVER_DESC
+        from ._frames import COUNT, MSG_DESC
 
-        return list(DELIVER_DESC.iter_unpack(self.descs))
+        counts = [c for (c,) in COUNT.iter_unpack(self.counts)] if self.counts else None
+        return [
+            (self.first_id + i, counts[i] if counts else 1, *desc)
+            for i, desc in enumerate(MSG_DESC.iter_unpack(self.descs))
+        ]
 
 
 @dataclass(slots=True, eq=False)

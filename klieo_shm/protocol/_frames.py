@@ -23,8 +23,11 @@ Bodies by kind:
   ``PUBACK_OK``: stored (copied), the region is the client's again;
   ``PUBACK_KEPT``: stored where it lies, the region stays the broker's until
   a ``Release`` event names the batch; ``PUBACK_FULL``: refused, no room.
-* ``KIND_DELIVER`` -- ``DELIVER_HEAD`` then ``count`` x ``DELIVER_DESC`` then
-  the subjects blob. ``store_off`` points at ``hdr_len`` header bytes
+* ``KIND_DELIVER`` -- ``DELIVER_HEAD`` then ``count`` x ``MSG_DESC``, then
+  (when ``DELIVER_FLAG_COUNTS`` is in ``flags``) ``count`` x u32 delivery
+  counts (without it every count is 1), then the subjects blob. The
+  deliveries' ids are ``first_id`` ... ``first_id + count - 1``, in
+  order. ``store_off`` points at ``hdr_len`` header bytes
   followed by ``pay_len`` payload bytes: in the broker's payload store when
   ``store_off >> SOURCE_SHIFT`` is 0, else in the data area of the tx arena
   of that client id, at ``store_off & OFFSET_MASK`` (a kept batch).
@@ -66,9 +69,9 @@ __all__ = [
     "ACK_KIND_NAK",
     "ACK_KIND_PROGRESS",
     "ACK_KIND_TERM",
-    "DELIVER_DESC",
+    "COUNT",
+    "DELIVER_FLAG_COUNTS",
     "DELIVER_HEAD",
-    "DELIVER_ID",
     "FRAME_HEAD",
     "INCOMING_HEAD",
     "KIND_ACK",
@@ -164,16 +167,17 @@ SOURCE_SHIFT: Final = 40
 holds the bytes (0: the store); client ids of kept batches are below 2**24."""
 OFFSET_MASK: Final = (1 << SOURCE_SHIFT) - 1
 
-DELIVER_HEAD: Final = struct.Struct("<II")
-"""sub_id u32, count u32."""
-DELIVER_DESC: Final = struct.Struct("<QIQQIIH")
-"""delivery_id u64, delivery_count u32, then the message part MSG_DESC."""
-DELIVER_ID: Final = struct.Struct("<QI")
-"""The per-delivery prefix of DELIVER_DESC: delivery_id u64, delivery_count u32."""
+DELIVER_HEAD: Final = struct.Struct("<IIQB")
+"""sub_id u32, count u32, first_id u64 (the first delivery's id; the others
+follow it one by one), flags u8 (DELIVER_FLAG_*)."""
+DELIVER_FLAG_COUNTS: Final = 1
+"""The frame carries a u32 delivery count per message (some are redeliveries)."""
+COUNT: Final = struct.Struct("<I")
+"""One delivery count (u32) of a frame with ``DELIVER_FLAG_COUNTS``."""
 MSG_DESC: Final = struct.Struct("<QQIIH")
-"""The per-message rest of DELIVER_DESC: seq u64, store_off u64, hdr_len u32,
-pay_len u32, subj_len u16. The broker packs it once per message and reuses
-it for every delivery of that message."""
+"""One delivered message: seq u64, store_off u64, hdr_len u32, pay_len u32,
+subj_len u16. The broker packs it once per message and reuses it for every
+delivery of that message."""
 
 ACK_HEAD: Final = struct.Struct("<I")
 """count u32."""

@@ -47,7 +47,7 @@ from ..protocol import (
     Respond,
     StreamEnd,
 )
-from ..protocol._frames import DELIVER_DESC, OFFSET_MASK, SOURCE_SHIFT
+from ..protocol._frames import COUNT, MSG_DESC, OFFSET_MASK, SOURCE_SHIFT
 from ._arenas import MAP_ERRORS
 from ._client import ShmClient
 from ._queue import ItemQueue
@@ -129,7 +129,7 @@ class _ShmMsg(Msg):
         return _Ack(self._on.client, self._on.gen, self._did)
 
 
-_DESC_SIZE: Final = DELIVER_DESC.size
+_DESC_SIZE: Final = MSG_DESC.size
 _SUBJ_LEN: Final = _DESC_SIZE - 2  # where a descriptor's u16 subj_len starts
 _IMPL = operator.attrgetter("_impl")
 _ON = operator.attrgetter("_on")
@@ -257,8 +257,12 @@ class ShmPubsub(Pubsub):
         on = self._gen()
         store, store_mm = client.store, client.store_mm
         items = sub.items
-        descs = DELIVER_DESC.iter_unpack(ev.descs)
-        for (did, dcount, seq, off, hl, pl, _), name in zip(descs, self._names(ev), strict=False):
+        descs = MSG_DESC.iter_unpack(ev.descs)
+        dids = range(ev.first_id, ev.first_id + ev.count)
+        dcounts = [c for (c,) in COUNT.iter_unpack(ev.counts)] if ev.counts else itertools.repeat(1)
+        for (seq, off, hl, pl, _), name, did, dcount in zip(
+            descs, self._names(ev), dids, dcounts, strict=False
+        ):
             if off > OFFSET_MASK:  # a kept batch: in its publisher's arena
                 kept = self._kept_view(off >> SOURCE_SHIFT)
                 if kept is None:
@@ -297,7 +301,7 @@ class ShmPubsub(Pubsub):
             if subjects == head * count:
                 return itertools.repeat(self._name(head), count)
         out, pos = [], 0
-        for *_, sl in DELIVER_DESC.iter_unpack(descs):
+        for *_, sl in MSG_DESC.iter_unpack(descs):
             out.append(self._name(subjects[pos : pos + sl]))
             pos += sl
         return out

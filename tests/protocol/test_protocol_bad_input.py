@@ -21,7 +21,9 @@ from klieo_shm.protocol import (
     RemoteProtocolError,
 )
 from klieo_shm.protocol._frames import (
+    DELIVER_HEAD,
     INCOMING_HEAD,
+    KIND_DELIVER,
     KIND_INCOMING,
     KIND_KV_WRITE,
     KIND_KV_WRITTEN,
@@ -30,6 +32,7 @@ from klieo_shm.protocol._frames import (
     KIND_RESPOND,
     KV_WRITE_HEAD,
     MAX_BATCH,
+    MSG_DESC,
     REQUEST_HEAD,
     RESPOND_HEAD,
 )
@@ -185,3 +188,19 @@ def test_events_before_a_bad_frame_are_delivered_first(ready: Link) -> None:
     assert ready.server.next_event() == good
     with pytest.raises(RemoteProtocolError, match="unknown frame kind"):
         ready.server.next_event()
+
+
+@pytest.mark.parametrize(
+    ("flags", "tail", "match"),
+    [
+        (0x02, b"", "unknown flags 0x2"),
+        (0x01, b"\0" * 4, "cannot hold 2"),  # counts announced, one of two present
+    ],
+)
+def test_deliver_frame_with_bad_flags_or_missing_counts(
+    ready: Link, flags: int, tail: bytes, match: str
+) -> None:
+    body = DELIVER_HEAD.pack(1, 2, 10, flags) + MSG_DESC.pack(1, 0, 0, 1, 1) * 2 + tail
+    ready.client.receive_data(raw_frame(KIND_DELIVER, body))
+    with pytest.raises(RemoteProtocolError, match=match):
+        ready.client.next_event()

@@ -29,7 +29,7 @@ from klieo_shm.protocol import (
     Request,
     Respond,
 )
-from klieo_shm.protocol._frames import DELIVER_DESC, OFFSET_MASK, PUB_DESC, SOURCE_SHIFT
+from klieo_shm.protocol._frames import COUNT, MSG_DESC, OFFSET_MASK, PUB_DESC, SOURCE_SHIFT
 
 
 def test_publish_batch_round_trips(ready: Link) -> None:
@@ -53,7 +53,7 @@ def test_kept_batches_round_trip(ready: Link) -> None:
     assert ready.s2c(ArenaGone(12)) == [ArenaGone(12)]
     # a delivery from client 12's arena: the client id rides above SOURCE_SHIFT
     off = (12 << SOURCE_SHIFT) | 4096
-    [got_d] = ready.s2c(DeliverBatch(1, 1, DELIVER_DESC.pack(1, 1, 5, off, 0, 284, 3), b"a.b"))
+    [got_d] = ready.s2c(DeliverBatch(1, 1, 1, MSG_DESC.pack(5, off, 0, 284, 3), b"a.b"))
     assert isinstance(got_d, DeliverBatch)
     [(_, _, _, got_off, _, _, _)] = got_d.entries()
     assert (got_off >> SOURCE_SHIFT, got_off & OFFSET_MASK) == (12, 4096)
@@ -61,12 +61,17 @@ def test_kept_batches_round_trip(ready: Link) -> None:
 
 def test_puback_deliver_and_ack_round_trip(ready: Link) -> None:
     assert ready.s2c(PubAck(7, 100, 2, PUBACK_OK)) == [PubAck(7, 100, 2, PUBACK_OK)]
-    entries = [(1, 1, 100, 64, 0, 10, 3), (2, 2, 101, 74, 0, 10, 3)]
-    packed = b"".join(DELIVER_DESC.pack(*e) for e in entries)
-    [got] = ready.s2c(DeliverBatch(3, 2, packed, b"a.ba.b"))
+    entries = [(7, 1, 100, 64, 0, 10, 3), (8, 2, 101, 74, 0, 10, 3)]  # ids follow the first
+    packed = b"".join(MSG_DESC.pack(*e[2:]) for e in entries)
+    counts = b"".join(COUNT.pack(e[1]) for e in entries)
+    [got] = ready.s2c(DeliverBatch(3, 2, 7, packed, b"a.ba.b", counts))
     assert isinstance(got, DeliverBatch)
-    assert (got.sub_id, got.count, got.subjects) == (3, 2, b"a.ba.b")
+    assert (got.sub_id, got.count, got.first_id, got.subjects) == (3, 2, 7, b"a.ba.b")
     assert got.entries() == entries
+    # without counts every delivery is a first one
+    [fresh] = ready.s2c(DeliverBatch(3, 2, 9, packed, b"a.ba.b"))
+    assert isinstance(fresh, DeliverBatch)
+    assert [(e[0], e[1]) for e in fresh.entries()] == [(9, 1), (10, 1)]
     ack = AckBatch([(1, 2, ACK_KIND_ACK, 0), (9, 1, ACK_KIND_NAK, 250)])
     [got_ack] = ready.c2s(ack)
     assert isinstance(got_ack, AckBatch)
