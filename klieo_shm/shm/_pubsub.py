@@ -105,7 +105,10 @@ class _ShmMsg(Msg):
 
     __slots__ = ("_did", "_on")
 
-    def __init__(  # Msg.__init__ not called: its one assignment left is _impl
+    # Msg.__init__'s assignments, inline on purpose: calling it (with _impl
+    # left out) measured 65 ns more per delivery, about a tenth of the
+    # subscriber's in-process cost of one.
+    def __init__(
         self,
         subject: str,
         payload: bytes,
