@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         "--member-window",
         type=int,
         default=DEFAULT_MEMBER_WINDOW,
-        help="unacked deliveries per member of a durable (default 256)",
+        help=f"unacked deliveries per member of a durable (default {DEFAULT_MEMBER_WINDOW})",
     )
     p.add_argument(
         "--member-window-bytes",

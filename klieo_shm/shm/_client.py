@@ -109,8 +109,8 @@ _EAGER_ACKS: Final = 64
 the end of the loop turn: a caller that queues thousands in one turn (a
 publish window whose futures are all done, acks of several ready batches)
 keeps the broker working on the first ones while it queues the rest, instead
-of the two taking turns. Acks go at a quarter of the broker's default member
-window, so that it has room to deliver more while these are in flight."""
+of the two taking turns. Acks go at an eighth of the broker's default member
+window (512), so that it has room to deliver more while these are in flight."""
 
 RECONNECT_TIMEOUT: Final = 30.0
 """Seconds a client keeps trying to reconnect after losing the broker."""
