@@ -66,7 +66,8 @@ broker memory a client can pin; each waiting batch also pins arena room)."""
 
 Message = tuple[int, bytes, bytes, "Block", int]
 """(seq, subject, packed MSG_DESC, block, header + payload bytes)."""
-_Routed = tuple[list[bytes], list[list["Consumer"]]]
+_Columns = tuple[tuple[int, ...], ...]  # a batch's descriptors transposed: rels, hls, pls, sls
+_Routed = tuple[list[bytes], list[list["Consumer"]], _Columns | None]
 
 
 class Block:
@@ -287,7 +288,8 @@ class PubsubState:
             self.parked.add(s)
 
     def _check(self, s: Session, ev: PublishBatch) -> _Routed:
-        """The batch's subjects and, for each, the consumers it goes to."""
+        """The batch's subjects and, for each, the consumers it goes to (and
+        its descriptors transposed, when the check made them)."""
         err = check_slot(s.arena, ev.region_off, ev.region_len, s.client_id, ev.batch_no)
         if err is not None:
             raise RemoteProtocolError(f"publish batch {ev.batch_no}: {err}")
@@ -295,7 +297,8 @@ class PubsubState:
         subjects, routes, pos = ev.subjects, self.routes, 0
         descs, n = ev.descs, len(ev.descs)
         if n:  # the usual batch, of one subject: checked in C-level steps
-            rels, hls, pls, sls = zip(*descs, strict=True)
+            cols = tuple(zip(*descs, strict=True))
+            rels, hls, pls, sls = cols
             head = subjects[: sls[0]]
             if (
                 sls.count(sls[0]) == n
@@ -305,7 +308,7 @@ class PubsubState:
                 and max(pls) <= limit
             ):
                 cons = routes.get(head)
-                return [head] * n, [cons if cons is not None else self._route(head)] * n
+                return [head] * n, [cons if cons is not None else self._route(head)] * n, cols
         routed: list[list[Consumer]] = []
         subjs: list[bytes] = []
         for rel, hl, pl, sl in ev.descs:
@@ -322,11 +325,11 @@ class PubsubState:
             routed.append(cons if cons is not None else self._route(subj))
         if pos != len(subjects):
             raise RemoteProtocolError(f"publish batch {ev.batch_no}: subjects do not add up")
-        return subjs, routed
+        return subjs, routed, None
 
     def _commit(self, s: Session, ev: PublishBatch, checked: _Routed) -> bool:
         """Store the batch and answer it; False when the store has no room."""
-        subjs, routed = checked
+        subjs, routed, cols = checked
         n = len(ev.descs)
         refs = sum(map(len, routed))
         if refs == 0:
@@ -379,7 +382,7 @@ class PubsubState:
         if one_route:  # the usual batch, of one subject: no Python step per message
             cons = routed[0]
             seqs = range(first, first + n)
-            rels, hls, pls, sls = zip(*ev.descs, strict=True)
+            rels, hls, pls, sls = cols if cols is not None else zip(*ev.descs, strict=True)
             offs = map(operator.add, itertools.repeat(base), rels)
             packed = map(MSG_DESC.pack, seqs, offs, hls, pls, sls)
             sizes = map(operator.add, hls, pls)

@@ -372,9 +372,7 @@ class ShmClient:
         self._waits -= 1
 
     def _teardown(self) -> None:
-        if self._spill_timer is not None:
-            self._spill_timer.cancel()
-            self._spill_timer = None
+        self._stop_spill_timer()
         if self._transport is not None:
             self._transport.abort()
         self._transport = None
@@ -591,9 +589,8 @@ class ShmClient:
     def _wake_arena_waiters(self, keep_room: bool = False) -> None:
         """Room was freed (``keep_room``: in the keep zone): retry what waits
         for it (a new wait for the keep zone starts ``SPILL_AFTER`` afresh)."""
-        if keep_room and self._spill_timer is not None:
-            self._spill_timer.cancel()
-            self._spill_timer = None
+        if keep_room:
+            self._stop_spill_timer()
         waiters, self._arena_waiters = self._arena_waiters, []
         for w in waiters:
             if not w.done():
@@ -907,6 +904,11 @@ class ShmClient:
         if self._spill_timer is None:
             self._spill_timer = self.loop().call_later(SPILL_AFTER, self._spill)
         self._park_batches()
+
+    def _stop_spill_timer(self) -> None:
+        if self._spill_timer is not None:
+            self._spill_timer.cancel()
+            self._spill_timer = None
 
     def _spill(self) -> None:
         self._spill_timer = None
