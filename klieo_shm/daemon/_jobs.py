@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from ._journal import Journal
     from ._pubsub import PubsubState
 
-__all__ = ["DedupIndex", "JobsState", "job_calls"]
+__all__ = ["DedupIndex", "JobsState", "claim_answer", "job_calls"]
 
 log = logging.getLogger("klieo.shmd")
 
@@ -393,7 +393,7 @@ class JobsState:
         if q.ready:
             return self._take(s, q, n, ttl, now, exact)
         if wait <= 0:
-            return [now + ttl, []]
+            return claim_answer(now + ttl, [], 0)
         q.waiters.append(_Waiter(s, call_id, cid, n, ttl, now + wait, exact))
         self.waiting.add(q)
         return None
@@ -401,24 +401,22 @@ class JobsState:
     def _take(
         self, s: Session, q: _Queue, n: int, ttl: float, now: float, exact: bool
     ) -> list[Any]:
+        """Claim the next jobs of ``q``: the claim's answer (:func:`claim_answer`)."""
         ready = q.ready
         n = self._share(s, q, n, now, exact)
         deadline = now + ttl
-        token = q.tokens
-        batch = []
-        out = []
-        for _ in range(n):
-            job = ready.popleft()
-            token += 1
+        first = q.tokens + 1
+        batch = [ready.popleft() for _ in range(n)]
+        token = first
+        for job in batch:
             job.attempts += 1
             job.state = _CLAIMED
             job.token = token
             job.session = s
             job.ttl = ttl
             job.deadline = deadline
-            batch.append(job)
-            out.append([job.id, job.payload, job.attempts, token, job.max_attempts, job.dedup])
-        q.tokens = token
+            token += 1
+        q.tokens = token - 1
         if self.journal is not None:
             claims = [[job.id, job.token, job.attempts] for job in batch]
             self.journal.append([JOB_CLAIM, q.name, s.pid, s.start_time, ttl, claims])
@@ -427,7 +425,7 @@ class JobsState:
         if held is None:
             held = self.held[s] = _Held()
         held.add(s, batch)
-        return [deadline, out]
+        return claim_answer(deadline, batch, first)
 
     @staticmethod
     def _share(s: Session, q: _Queue, n: int, now: float, exact: bool) -> int:
@@ -465,7 +463,7 @@ class JobsState:
             for w in q.waiters:
                 if w.session is s and w.cid == cid:
                     q.waiters.remove(w)
-                    s.send(Result(w.call_id, [now + w.ttl, []]))
+                    s.send(Result(w.call_id, claim_answer(now + w.ttl, [], 0)))
                     if not q.waiters:
                         self.waiting.discard(q)
                     return
@@ -538,6 +536,59 @@ class JobsState:
                 raise InvalidArgument("kind", kind, "unknown resolve kind")
         if freed and self.parked:
             self._unpark(now)
+        return conflicts
+
+    def resolve_group(
+        self,
+        s: Session,
+        qname: object,
+        kind: object,
+        ids: list[Any],
+        tokens: list[Any],
+        now: float,
+        base: int,
+    ) -> list[Any]:
+        """Resolve the claims ``zip(ids, tokens)`` of queue ``qname`` the same
+        way (``kind`` ACK, BEAT or RELEASE: the kinds without an argument), as
+        :meth:`resolve` would entry by entry; conflict indexes start at
+        ``base``. Acks of live claims of ``s`` take a short path."""
+        if kind not in (ACK, BEAT, RELEASE):
+            raise InvalidArgument("kind", kind, "a group takes ack, heartbeat or release")
+        if len(ids) != len(tokens):
+            raise InvalidArgument("tokens", len(tokens), f"must be as many as the ids ({len(ids)})")
+        q = self.queues.get(qname) if type(qname) is str else None
+        if kind != ACK or q is None:
+            entries = [[qname, i, t, kind, None] for i, t in zip(ids, tokens, strict=True)]
+            return [[i + base, e, c] for i, e, c in self.resolve(s, entries, now)]
+        conflicts: list[Any] = []
+        jobs = q.jobs
+        done: list[str] = []
+        size = 0
+        for i, (job_id, token) in enumerate(zip(ids, tokens, strict=True)):
+            job = jobs.get(job_id)
+            if (
+                job is not None
+                and job.session is s
+                and job.token == token
+                and job.state == _CLAIMED
+                and now < job.deadline
+                and job.holder is None
+            ):
+                job.session = None
+                job.state = _GONE
+                del jobs[job_id]
+                done.append(job_id)
+                size += len(job.payload)
+                continue
+            for _, expected, current in self.resolve(s, [[qname, job_id, token, ACK, None]], now):
+                conflicts.append([i + base, expected, current])
+        if done:
+            self.live -= len(done)
+            self.live_bytes -= size
+            if self.journal is not None:
+                self._acked.setdefault(q.name, []).extend(done)
+            if self.parked:
+                self._unpark(now)
         return conflicts
 
     def journal_acks(self) -> None:
@@ -696,7 +747,7 @@ class JobsState:
                 if w.session.closed:
                     continue
                 if w.deadline <= now:
-                    w.session.send(Result(w.call_id, [now + w.ttl, []]))
+                    w.session.send(Result(w.call_id, claim_answer(now + w.ttl, [], 0)))
                 else:
                     kept.append(w)
             q.waiters = kept
@@ -723,6 +774,28 @@ class JobsState:
         if self.parked:
             self.parked = deque(p for p in self.parked if p[0] is not s)
             self._unpark(now)
+
+
+def claim_answer(deadline: float, batch: list[_Job], first_token: int) -> list[Any]:
+    """The answer to a ``jobs_claim`` call, by columns:
+    ``[deadline, ids, payloads, first_token, attempts, max_attempts, dedups]``.
+    The claims' fencing tokens are ``first_token``, ``first_token + 1``...
+    in order; ``attempts`` and ``max_attempts`` are one int when every job
+    has the same value, else a list; ``dedups`` is ``None`` when no job has
+    a dedup key, else a list. A claim that got nothing has empty lists."""
+    n = len(batch)
+    attempts: Any = [j.attempts for j in batch]
+    if n and attempts.count(attempts[0]) == n:
+        attempts = attempts[0]
+    max_attempts: Any = [j.max_attempts for j in batch]
+    if n and max_attempts.count(max_attempts[0]) == n:
+        max_attempts = max_attempts[0]
+    dedups: Any = [j.dedup for j in batch]
+    if dedups.count(None) == n:
+        dedups = None
+    ids = [j.id for j in batch]
+    payloads = [j.payload for j in batch]
+    return [deadline, ids, payloads, first_token, attempts, max_attempts, dedups]
 
 
 def job_add_record(queue: str, jobs: list[_Job], *, plain: bool = False) -> list[Any]:
@@ -771,17 +844,34 @@ def _c_unpark(b: Broker, s: Session, ev: Call, now: float) -> object:
 
 
 def _c_resolve(b: Broker, s: Session, ev: Call, now: float) -> object:
-    entries = ev.args["r"]
+    """``r``: entries ``[queue, id, token, kind, arg]``; ``g``: groups
+    ``[queue, kind, ids, tokens]`` (see ``JobsState.resolve_group``), after
+    the entries. Conflicts index the entries, then the groups' claims."""
+    args = ev.args
+    entries = args.get("r", [])
+    groups = args.get("g", [])
     if not isinstance(entries, list):
         raise InvalidArgument("r", type(entries).__name__, "must be a list")
-    conflicts = b.jobs.resolve(s, entries, now)
+    if not isinstance(groups, list):
+        raise InvalidArgument("g", type(groups).__name__, "must be a list")
+    jobs = b.jobs
+    conflicts = jobs.resolve(s, entries, now) if entries else []
+    base = len(entries)
+    for group in groups:
+        if not isinstance(group, list) or len(group) != 4:
+            raise InvalidArgument("g", group, "must hold [queue, kind, ids, tokens] groups")
+        qname, kind, ids, tokens = group
+        if not isinstance(ids, list) or not isinstance(tokens, list):
+            raise InvalidArgument("g", group, "ids and tokens must be lists")
+        conflicts += jobs.resolve_group(s, qname, kind, ids, tokens, now, base)
+        base += len(ids)
     if ev.call_id < 0:  # a notification: nobody waits for the answer
         if conflicts:
             log.warning(
                 "%r: %d job resolutions came after their claims were lost", s, len(conflicts)
             )
         return None
-    if len(entries) == 1 and conflicts:
+    if len(entries) == 1 and not groups and conflicts:
         _, expected, current = conflicts[0]
         _, job_id, *_ = entries[0]
         raise Conflict(

@@ -82,7 +82,7 @@ __all__ = [
     "State",
 ]
 
-PROTOCOL_VERSION: Final = 6
+PROTOCOL_VERSION: Final = 7
 """1: the first; 2: ``Welcome.store_name`` may be a file path (the store of a
 broker with a state directory), not only a POSIX shared-memory name; 3: KV
 puts, cas and deletes travel as ``KvWrite``/``KvWritten`` frames, requests as
@@ -90,7 +90,11 @@ puts, cas and deletes travel as ``KvWrite``/``KvWritten`` frames, requests as
 layouts, not msgpack; 4: ``jobs_claim`` takes ``x`` (an explicit batch, of
 ``claim_many``: up to ``n`` of the ready jobs, not a prefetch share); 5: kept
 batches (``PUB_HEAD`` flags, ``PUBACK_KEPT``, ``Release``, ``ArenaGone``,
-``Welcome.keep_min``/``arena_prefix``, deliveries from an arena)."""
+``Welcome.keep_min``/``arena_prefix``, deliveries from an arena); 6: a
+delivery frame names its first delivery id once, counts only for
+redeliveries; 7: ``jobs_claim`` answers by columns (ids, payloads, first
+token...), ``jobs_resolve`` takes groups ``g`` of argument-less resolutions
+of one queue besides the entries ``r``."""
 DEFAULT_MAX_FRAME: Final = 1 << 20
 """Frame body limit until the handshake sets the connection's own."""
 

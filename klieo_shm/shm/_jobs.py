@@ -53,10 +53,10 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from .._errors import BusError, Conflict, InvalidArgument, PayloadTooLarge
-from .._handles import ClaimedJob, ack_each, claim_impl, take_for_ack
+from .._handles import ClaimedJob, ClaimImpl, ack_each, take_for_ack
 from .._interfaces import JobQueue
 from .._names import validate_queue, validate_worker_id
 from .._values import DeadLetter, Job, JobId, QueueStats, check_batch, check_duration
@@ -91,41 +91,75 @@ def _margin(ttl: float) -> float:
     return max(1.0, ttl / 4)
 
 
-class _Claim:
-    """``ClaimImpl`` of one claim: the job, its token and a lower bound of its
-    lease deadline on this process's monotonic clock."""
+class _Lease:
+    """What one claim call granted, shared by the jobs it claimed: the bus,
+    the connection generation it is known on, the lease's ttl and a lower
+    bound of its deadline on this process's monotonic clock. A job that is
+    heartbeated gets a lease of its own."""
 
-    __slots__ = ("deadline", "gen", "job_id", "owner", "queue", "token", "ttl")
+    __slots__ = ("deadline", "gen", "owner", "quick_until", "ttl")
 
-    def __init__(
-        self,
-        owner: ShmJobQueue,
-        gen: int,
-        queue: str,
-        job_id: str,
-        token: int,
-        ttl: float,
-        deadline: float,
-    ) -> None:
+    def __init__(self, owner: ShmJobQueue, gen: int, ttl: float, deadline: float) -> None:
         self.owner = owner
-        self.gen = gen  # the connection generation ``deadline`` is known on
-        self.queue = queue
-        self.job_id = job_id
-        self.token = token
+        self.gen = gen
         self.ttl = ttl
         self.deadline = deadline
+        self.quick_until = deadline - _margin(ttl)
+        """Until when a resolution may skip the round trip."""
+
+
+class _ShmJob(ClaimedJob):
+    """A claim on the shm backend: its lease kept on the job itself, so that
+    a claimed job is one object and ``ack_many`` checks a batch in one pass."""
+
+    __slots__ = ("_lease",)
+
+    # ClaimedJob.__init__'s assignments, inline as _ShmMsg's (one call less per job)
+    def __init__(
+        self,
+        queue: str,
+        id: str,
+        payload: bytes,
+        attempt: int,
+        token: int,
+        lease: _Lease,
+        dedup_key: str | None,
+        max_attempts: int | None,
+    ) -> None:
+        self._resolved_by = None
+        self.queue = queue
+        self.id = id
+        self.payload = payload
+        self.attempt = attempt
+        self.token = token
+        self.dedup_key = dedup_key
+        self.max_attempts = max_attempts
+        self._lease = lease
+
+    @property
+    def _impl(self) -> ClaimImpl:  # type: ignore[override]  # ClaimedJob's slot, read-only here
+        return _Claim(self)
+
+
+class _Claim:
+    """``ClaimImpl`` of one ``_ShmJob``."""
+
+    __slots__ = ("job",)
+
+    def __init__(self, job: _ShmJob) -> None:
+        self.job = job
 
     async def heartbeat(self) -> None:
-        await self.owner._resolve(self, _BEAT, None)
+        await self.job._lease.owner._resolve(self.job, _BEAT, None)
 
     async def ack(self) -> None:
-        await self.owner._resolve(self, _ACK, None)
+        await self.job._lease.owner._resolve(self.job, _ACK, None)
 
     async def nak(self, delay: float) -> None:
-        await self.owner._resolve(self, _NAK, delay)
+        await self.job._lease.owner._resolve(self.job, _NAK, delay)
 
     async def dead_letter(self, reason: str) -> None:
-        await self.owner._resolve(self, _DEAD, reason[:_MAX_REASON])
+        await self.job._lease.owner._resolve(self.job, _DEAD, reason[:_MAX_REASON])
 
 
 _Key = tuple[str, str, float]
@@ -158,10 +192,12 @@ class ShmJobQueue(JobQueue):
         self._client = client
         self._claim_wait = claim_wait
         self._pending: list[list[Any]] = []
+        # acks queued by ack_many: queue -> (ids, tokens), sent after _pending
+        self._acks: dict[str, tuple[list[str], list[int]]] = {}
         self._drain_scheduled = False
         self._enq: dict[str, list[tuple[Job, asyncio.Future[str]]]] = {}
         self._enq_scheduled = False
-        self._buffers: dict[_Key, deque[ClaimedJob]] = {}
+        self._buffers: dict[_Key, deque[_ShmJob]] = {}
         self._rate: dict[_Key, tuple[float, int]] = {}  # key -> (last answer, jobs in it)
         self._cids = itertools.count(1)
         self._notes = itertools.count(-1, -1)
@@ -189,19 +225,25 @@ class ShmJobQueue(JobQueue):
         While reconnecting they wait for the new connection (``restore``):
         claims keep their tokens across connections of this process."""
         self._drain_scheduled = False
-        if self._pending and self._client.connected:
+        if (self._pending or self._acks) and self._client.connected:
             self._send_pending()
 
     def _send_pending(self) -> None:
+        """One ``jobs_resolve`` notification per ``_RESOLVE_BATCH`` claims:
+        the queued entries, then the queued acks as groups."""
         pending, self._pending = self._pending, []
-        client = self._client
-        for i in range(0, len(pending), _RESOLVE_BATCH):
-            chunk = pending[i : i + _RESOLVE_BATCH]
-            client.send(Call(next(self._notes), "jobs_resolve", {"r": chunk}))
+        acks, self._acks = self._acks, {}
+        client, n = self._client, _RESOLVE_BATCH
+        for i in range(0, len(pending), n):
+            client.send(Call(next(self._notes), "jobs_resolve", {"r": pending[i : i + n]}))
+        for queue, (ids, tokens) in acks.items():
+            for i in range(0, len(ids), n):
+                group = [queue, _ACK, ids[i : i + n], tokens[i : i + n]]
+                client.send(Call(next(self._notes), "jobs_resolve", {"g": [group]}))
 
     async def restore(self) -> None:
         """On a new connection: send the resolutions queued meanwhile."""
-        if self._pending:
+        if self._pending or self._acks:
             self._send_pending()
 
     def _queue_resolution(self, entry: list[Any]) -> None:
@@ -210,27 +252,23 @@ class ShmJobQueue(JobQueue):
             self._drain_scheduled = True
             self._client.loop().call_soon(self._drain_soon)
 
-    async def _resolve(self, claim: _Claim, kind: int, arg: object) -> None:
+    async def _resolve(self, job: _ShmJob, kind: int, arg: object) -> None:
         client = self._client
-        entry = [claim.queue, claim.job_id, claim.token, kind, arg]
+        lease = job._lease
+        entry = [job.queue, job.id, job.token, kind, arg]
         now = time.monotonic()
-        if (
-            claim.gen == client.gen
-            and client.connected
-            and now < claim.deadline - _margin(claim.ttl)
-        ):
+        if lease.gen == client.gen and client.connected and now < lease.quick_until:
             self._pending.append(entry)
             self._drain_soon()  # in the kernel before we return: survives our SIGKILL
             if kind == _BEAT:
-                claim.deadline = now + claim.ttl
+                job._lease = _Lease(self, lease.gen, lease.ttl, now + lease.ttl)
             return
         await client.ensure()
         self._drain()
         gen, sent = client.gen, time.monotonic()
         await client.call("jobs_resolve", {"r": [entry]})
         if kind == _BEAT:  # the broker has it: the fast path holds again, on this connection
-            claim.deadline = sent + claim.ttl
-            claim.gen = gen
+            job._lease = _Lease(self, gen, lease.ttl, sent + lease.ttl)
 
     # --- enqueue --------------------------------------------------------------
     async def enqueue(self, queue: str, job: Job) -> JobId:
@@ -350,7 +388,7 @@ class ShmJobQueue(JobQueue):
         if not jobs:
             return None
         if len(jobs) > 1:
-            self._buffers.setdefault(key, deque()).extend(jobs[1:])
+            self._buffers.setdefault(key, deque()).extend(cast("list[_ShmJob]", jobs[1:]))
             # Prefetched claims not handed out by half their lease go back
             # without counting an attempt (a slow job must not burn the
             # attempts of the jobs queued behind it).
@@ -365,7 +403,7 @@ class ShmJobQueue(JobQueue):
         with the same arguments are handed out first, without a call."""
         check_batch(max_jobs)
         key = (queue, worker_id, lease_ttl)
-        out: list[ClaimedJob] = []
+        out: list[_ShmJob] = []
         buf = self._buffers.get(key)
         try:
             while buf and len(out) < max_jobs:
@@ -378,7 +416,7 @@ class ShmJobQueue(JobQueue):
                 buf.extendleft(reversed(out))  # still ours: kept for the next claim
             raise
         if out:
-            return out
+            return cast("list[ClaimedJob]", out)
         ttl = self._check_claim(queue, worker_id, lease_ttl)
         return await self._fetch(key, ttl, min(max_jobs, PREFETCH_MAX), exact=True)
 
@@ -387,13 +425,13 @@ class ShmJobQueue(JobQueue):
         validate_worker_id(worker_id)
         return check_duration("lease_ttl", lease_ttl, positive=True)
 
-    async def _next_buffered(self, buf: deque[ClaimedJob]) -> ClaimedJob | None:
+    async def _next_buffered(self, buf: deque[_ShmJob]) -> _ShmJob | None:
         """The next prefetched claim of ``buf`` that is still ours, if any."""
-        impl: _Claim = buf[0]._impl  # type: ignore[assignment]
+        lease = buf[0]._lease
         client = self._client
         if (
-            impl.gen == client.gen
-            and impl.deadline - time.monotonic() > impl.ttl / 2
+            lease.gen == client.gen
+            and lease.deadline - time.monotonic() > lease.ttl / 2
             and client.connected
         ):
             return buf.popleft()
@@ -436,15 +474,14 @@ class ShmJobQueue(JobQueue):
                 if retries > _CLAIM_RETRIES:
                     raise
                 await client.ensure()
-        if not isinstance(answer, list) or len(answer) != 2:
+        if not isinstance(answer, list) or len(answer) != 7:
             raise BusError(f"malformed answer to claim on {queue!r}")
-        _, items = answer
-        if not exact:  # the rate claim() sizes its prefetch by
-            self._rate[key] = (time.monotonic(), len(items))
         # The broker's deadline is its receipt time + ttl, so never before ours:
         # no clock shared with the broker is assumed.
-        deadline = sent + ttl
-        return [self._make(gen, queue, ttl, deadline, item) for item in items]
+        jobs = self._make(queue, answer, _Lease(self, gen, ttl, sent + ttl))
+        if not exact:  # the rate claim() sizes its prefetch by
+            self._rate[key] = (time.monotonic(), len(jobs))
+        return jobs
 
     async def ack_many(self, jobs: Iterable[ClaimedJob]) -> None:
         """The claims of this bus with time to spare on their leases go out
@@ -453,21 +490,25 @@ class ShmJobQueue(JobQueue):
         bus) are acked one by one with an answer."""
         client = self._client
         now = time.monotonic()
-        usable = client.connected
+        gen = client.gen if client.connected else -1
         answered: list[ClaimedJob] = []
+        acks = self._acks
         for job in take_for_ack(jobs, ClaimedJob):
-            impl = claim_impl(job)
+            lease = job._lease if type(job) is _ShmJob else None
             if (
-                usable
-                and isinstance(impl, _Claim)
-                and impl.owner is self
-                and impl.gen == client.gen
-                and now < impl.deadline - _margin(impl.ttl)
+                lease is not None
+                and lease.owner is self
+                and lease.gen == gen
+                and now < lease.quick_until
             ):
-                self._pending.append([impl.queue, impl.job_id, impl.token, _ACK, None])
+                group = acks.get(job.queue)
+                if group is None:
+                    group = acks[job.queue] = ([], [])
+                group[0].append(job.id)
+                group[1].append(job.token)
             else:
                 answered.append(job)
-        if self._pending:
+        if acks:
             self._drain_soon()  # in the kernel before we return: survives our SIGKILL
         if answered:
             await ack_each(answered)
@@ -478,14 +519,13 @@ class ShmJobQueue(JobQueue):
             return
         limit = time.monotonic() + key[2] / 2 + 0.001
         while buf:
-            impl: _Claim = buf[0]._impl  # type: ignore[assignment]
-            if impl.deadline > limit:
+            if buf[0]._lease.deadline > limit:
                 break  # a later batch: its own timer covers it
             job = buf.popleft()
             self._queue_resolution([job.queue, job.id, job.token, _RELEASE, None])
         self._drain()
 
-    async def _from_buffer(self, buf: deque[ClaimedJob]) -> ClaimedJob | None:
+    async def _from_buffer(self, buf: deque[_ShmJob]) -> _ShmJob | None:
         """The next buffered claim that is still ours: one that spent half its
         lease waiting here, or was made on an older connection, is handed out
         only after a heartbeat (on the current connection) succeeded."""
@@ -501,12 +541,31 @@ class ShmJobQueue(JobQueue):
             return job
         return None
 
-    def _make(
-        self, gen: int, queue: str, ttl: float, deadline: float, item: list[Any]
-    ) -> ClaimedJob:
-        job_id, payload, attempt, token, max_attempts, dedup = item
-        impl = _Claim(self, gen, queue, job_id, token, ttl, deadline)
-        return ClaimedJob(queue, job_id, payload, attempt, token, impl, dedup, max_attempts)
+    @staticmethod
+    def _make(queue: str, answer: list[Any], lease: _Lease) -> list[ClaimedJob]:
+        """The jobs of a claim's answer (``claim_answer`` in the broker's
+        ``_jobs``), all under ``lease``."""
+        _, ids, payloads, token, attempts, max_attempts, dedups = answer
+        n = len(ids)
+        if type(attempts) is int:
+            attempts = itertools.repeat(attempts, n)
+        if type(max_attempts) is int:
+            max_attempts = itertools.repeat(max_attempts, n)
+        if dedups is None:
+            dedups = itertools.repeat(None, n)
+        return list(
+            map(
+                _ShmJob,
+                itertools.repeat(queue, n),
+                ids,
+                payloads,
+                attempts,
+                range(token, token + n),
+                itertools.repeat(lease, n),
+                dedups,
+                max_attempts,
+            )
+        )
 
     def _abandon(
         self, task: asyncio.Future[Any], gen: int, queue: str, cid: int, ttl: float
@@ -522,9 +581,10 @@ class ShmJobQueue(JobQueue):
             if t.cancelled() or t.exception() is not None:
                 return
             answer = t.result()
-            if not (isinstance(answer, list) and len(answer) == 2 and answer[1]):
+            if not (isinstance(answer, list) and len(answer) == 7 and answer[1]):
                 return
-            for job_id, _, _, token, *_ in answer[1]:
+            _, ids, _, first, *_ = answer
+            for token, job_id in enumerate(ids, first):
                 self._queue_resolution([queue, job_id, token, _RELEASE, None])
 
         task.add_done_callback(give_back)

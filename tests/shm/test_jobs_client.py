@@ -210,8 +210,8 @@ def _claim_then_resolve(sock: str, queue: str, resolve: list[list[object]]) -> l
         [answer] = raw.read(1)
         assert isinstance(answer, Result)
         assert not answer.error_type, answer
-        (a_id, _, _, a_token, *_), (b_id, _, _, b_token, *_) = answer.value[1]
-        claims = {"{A}": (a_id, a_token), "{B}": (b_id, b_token)}
+        _, (a_id, b_id), _, a_token, *_ = answer.value
+        claims = {"{A}": (a_id, a_token), "{B}": (b_id, a_token + 1)}
         entries = [[queue, *claims[str(e[0])], *e[1:]] for e in resolve]
         raw.send(Call(2, "jobs_resolve", {"r": entries}))
         return raw.read(1)
@@ -292,3 +292,63 @@ async def test_a_parked_claim_many_gets_the_whole_batch_that_wakes_it(sock: str)
 
         assert sorted(job.payload for job in got) == [b"%d" % i for i in range(5)]
         await bus.jobs.ack_many(got)
+
+
+def _claim_two_then_group(sock: str, queue: str, tokens_shift: tuple[int, int]) -> list[Any]:
+    """A raw connection claims two jobs of ``queue`` (an explicit batch) and
+    acks them as one group (``g``), the tokens moved by ``tokens_shift``:
+    the claim's answer and the resolve's."""
+    with RawClient(sock) as raw:
+        raw.hello()
+        claim = {"q": queue, "w": "raw", "ttl": 30.0, "n": 2, "x": True, "wait": 0, "cid": 1}
+        raw.send(Call(1, "jobs_claim", claim))
+        [claimed] = raw.read(1)
+        assert isinstance(claimed, Result)
+        assert not claimed.error_type, claimed
+        _, ids, _, first, *_ = claimed.value
+        tokens = [first + tokens_shift[0], first + 1 + tokens_shift[1]]
+        raw.send(Call(2, "jobs_resolve", {"r": [], "g": [[queue, 0, ids, tokens]]}))
+        [resolved] = raw.read(1)
+        assert isinstance(resolved, Result)
+        assert not resolved.error_type, resolved
+        return [claimed.value, resolved.value]
+
+
+async def test_a_claim_answers_by_columns_and_a_group_ack_reports_its_conflicts(
+    sock: str,
+) -> None:
+    async with running_broker(sock), await klieo_shm.connect(f"shm://{sock}") as bus:
+        a = await bus.jobs.enqueue("cols", Job(b"a", dedup_key="ka", max_attempts=3))
+        b = await bus.jobs.enqueue("cols", Job(b"bb"))
+
+        claimed, conflicts = await asyncio.to_thread(_claim_two_then_group, sock, "cols", (0, 7))
+
+        _, ids, payloads, first, attempts, max_attempts, dedups = claimed
+        assert (ids, payloads, attempts) == ([a, b], [b"a", b"bb"], 1)  # equal: one int
+        assert (max_attempts, dedups) == ([3, 5], ["ka", None])  # differing: lists
+        assert conflicts == [[1, first + 1 + 7, first + 1]]  # B's token was wrong: B stays
+        stats = await bus.jobs.stats("cols")  # A acked; B the raw client's, or back once it left
+        assert (stats.claimed + stats.ready, stats.dead) == (1, 0)
+
+
+async def test_claim_many_keeps_each_jobs_attempt_and_options(sock: str) -> None:
+    async with running_broker(sock), await klieo_shm.connect(f"shm://{sock}") as bus:
+        jobs = bus.jobs
+        await jobs.enqueue("mixed", Job(b"first", max_attempts=4))
+        retried = await jobs.claim("mixed", "w", 30.0)
+        assert retried is not None
+        await retried.nak()  # back at the head, attempt 2 next
+        await jobs.enqueue("mixed", Job(b"second", dedup_key="k2"))
+        await jobs.enqueue("mixed", Job(b"third"))
+
+        got = await jobs.claim_many("mixed", "w", 30.0, 10)
+
+        assert [(j.payload, j.attempt, j.max_attempts, j.dedup_key) for j in got] == [
+            (b"first", 2, 4, None),
+            (b"second", 1, 5, "k2"),
+            (b"third", 1, 5, None),
+        ]
+        assert len({j.token for j in got}) == 3
+        await got[0].heartbeat()  # one job's own lease; the others keep the batch's
+        await jobs.ack_many(got)
+        assert (await jobs.stats("mixed")).claimed == 0
