@@ -239,6 +239,7 @@ class JobsState:
         self._delayed: list[tuple[float, int, _Job]] = []
         self._tie = itertools.count()
         self._prefix = uuid.uuid4().hex[:10]
+        self._id_of = (self._prefix + "%x").__mod__  # job number -> id
         self._next_id = 1
         self.journal: Journal | None = None
         # acked job ids per queue not yet journalled: one record per queue per
@@ -301,8 +302,7 @@ class JobsState:
         first = self._next_id
         n = len(payloads)
         self._next_id = first + n
-        prefix = self._prefix
-        ids = [f"{prefix}{i:x}" for i in range(first, first + n)]
+        ids = list(map(self._id_of, range(first, first + n)))
         if not extra:
             new = [
                 _Job(q, i, p, None, DEFAULT_MAX_ATTEMPTS)
@@ -417,15 +417,16 @@ class JobsState:
             job.deadline = deadline
             token += 1
         q.tokens = token - 1
+        answer = claim_answer(deadline, batch, first)
         if self.journal is not None:
-            claims = [[job.id, job.token, job.attempts] for job in batch]
-            self.journal.append([JOB_CLAIM, q.name, s.pid, s.start_time, ttl, claims])
+            _, ids, _, _, attempts, *_ = answer
+            self.journal.append([JOB_CLAIM, q.name, s.pid, s.start_time, ttl, ids, first, attempts])
         heapq.heappush(self._leases, (deadline, next(self._tie), batch))
         held = self.held.get(s)
         if held is None:
             held = self.held[s] = _Held()
         held.add(s, batch)
-        return claim_answer(deadline, batch, first)
+        return answer
 
     @staticmethod
     def _share(s: Session, q: _Queue, n: int, now: float, exact: bool) -> int:

@@ -80,7 +80,11 @@ COUNTS: Final = 7  # [COUNTS, durable, seqs, counts]  (snapshots)
 # [JOB_ADD, queue, [ids], [payloads], [[index, dedup, max_attempts, attempts]...]]
 # (the last list names only jobs whose options or attempts are not the defaults)
 JOB_ADD: Final = 10
-JOB_CLAIM: Final = 11  # [JOB_CLAIM, queue, pid, start, ttl, [[id, token, attempts]...]]
+JOB_CLAIM: Final = 11
+"""``[JOB_CLAIM, queue, pid, start, ttl, ids, first_token, attempts]``: the
+claims' tokens are ``first_token``, ``first_token + 1``... in order;
+``attempts`` is one int for all, or a list. (Journal versions 4 and 5:
+``[JOB_CLAIM, queue, pid, start, ttl, [[id, token, attempts]...]]``.)"""
 JOB_ACK: Final = 12  # [JOB_ACK, queue, [ids]]
 JOB_READY: Final = 13  # [JOB_READY, queue, id, attempts, due (wall clock, 0: now)]
 JOB_DEAD: Final = 14  # [JOB_DEAD, queue, id, reason, attempts]

@@ -209,7 +209,12 @@ def _job_add(r: Recovered, rec: list[Any]) -> None:
 
 
 def _job_claim(r: Recovered, rec: list[Any]) -> None:
-    _, name, pid, start, ttl, claims = rec
+    if len(rec) == 6:  # journal versions 4 and 5: a list per claim
+        _, name, pid, start, ttl, claims = rec
+    else:
+        _, name, pid, start, ttl, ids, first, attempts = rec
+        counts = itertools.repeat(attempts) if type(attempts) is int else attempts
+        claims = zip(ids, itertools.count(first), counts)
     q = _queue(r, name)
     for job_id, token, attempts in claims:
         job = q.jobs.get(job_id)
@@ -695,7 +700,7 @@ def _snapshot_jobs(b: Broker) -> Iterator[list[Any]]:
                     pid, start = j.holder
                 else:
                     continue
-                yield [J.JOB_CLAIM, name, pid, start, j.ttl, [[j.id, j.token, j.attempts]]]
+                yield [J.JOB_CLAIM, name, pid, start, j.ttl, [j.id], j.token, j.attempts]
             elif j.state == _DELAYED:
                 at = due.get(id(j), now)
                 yield [J.JOB_READY, name, j.id, j.attempts, wall + max(0.0, at - now)]

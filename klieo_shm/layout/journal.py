@@ -24,7 +24,8 @@ without being copied into a msgpack buffer first.
 Version history: 1, one msgpack body per record; 2, meta + raw tail;
 3, jobs enqueued as columns (``daemon._journal.JOB_ADD``); 4, payloads stay
 in the store file of the state directory: a publish record names its
-region there (``daemon._journal.STORE``, ``PUBLISH``) instead of carrying it.
+region there (``daemon._journal.STORE``, ``PUBLISH``) instead of carrying it;
+5, kept batches (``MOVED``); 6, claims as columns (``daemon._journal.JOB_CLAIM``).
 """
 
 from __future__ import annotations
@@ -48,10 +49,11 @@ __all__ = [
 ]
 
 JOURNAL_MAGIC: Final = b"KLIEOJNL"
-JOURNAL_VERSION: Final = 5
-READS_VERSIONS: Final = frozenset({4, JOURNAL_VERSION})
+JOURNAL_VERSION: Final = 6
+READS_VERSIONS: Final = frozenset({4, 5, JOURNAL_VERSION})
 """Versions this code reads: version 4 lacks kept batches (``PUBLISH`` has no
-arena item, no ``MOVED``), and is otherwise version 5."""
+arena item, no ``MOVED``), and is otherwise version 5; version 5 writes
+``JOB_CLAIM`` with a list per claim, and is otherwise version 6."""
 JOURNAL_HEADER: Final = struct.Struct("<8sII")
 MAX_RECORD: Final = 1 << 30
 """No record body is longer (a longer length field is a torn or foreign file)."""

@@ -77,16 +77,18 @@ def test_a_flipped_byte_ends_the_journal_at_that_record(
 
 
 def test_other_versions_and_foreign_files_are_refused_naming_both_versions() -> None:
-    with pytest.raises(JournalFormatError, match=rf"version 7.*versions 4, {JOURNAL_VERSION} "):
-        check_journal_header(JOURNAL_HEADER.pack(JOURNAL_MAGIC, 7, 0))
+    later = JOURNAL_VERSION + 1
+    with pytest.raises(JournalFormatError, match=rf"version {later}.*versions 4, 5, 6 only"):
+        check_journal_header(JOURNAL_HEADER.pack(JOURNAL_MAGIC, later, 0))
     with pytest.raises(JournalFormatError, match="not a klieo journal"):
         check_journal_header(b"SQLite format 3\x00" + bytes(8))
     with pytest.raises(JournalFormatError, match="cut short"):
         check_journal_header(journal_header()[:5])
 
 
-def test_the_version_before_kept_batches_is_still_read() -> None:
+def test_the_versions_before_kept_batches_and_claim_columns_are_still_read() -> None:
     check_journal_header(JOURNAL_HEADER.pack(JOURNAL_MAGIC, 4, 0))
+    check_journal_header(JOURNAL_HEADER.pack(JOURNAL_MAGIC, 5, 0))
     check_journal_header(journal_header())
 
 
