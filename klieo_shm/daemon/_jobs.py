@@ -480,24 +480,6 @@ class JobsState:
         for i, (qname, job_id, token, kind, arg) in enumerate(entries):
             q = queues.get(qname)
             job = q.jobs.get(job_id) if q is not None else None
-            if (  # the common case first: an ack of a live claim of this session
-                kind == ACK
-                and job is not None
-                and job.session is s
-                and job.token == token
-                and job.state == _CLAIMED
-                and now < job.deadline
-                and job.holder is None
-            ):
-                job.session = None
-                job.state = _GONE
-                del q.jobs[job_id]  # type: ignore[union-attr]
-                self.live -= 1  # at once: a later entry may raise
-                self.live_bytes -= len(job.payload)
-                freed = True
-                if acked is not None:
-                    acked.setdefault(qname, []).append(job_id)
-                continue
             if job is not None and job.state == _CLAIMED and job.deadline <= now:
                 self._end(job, "lease expired", 0.0, now)
                 freed = True
@@ -565,31 +547,34 @@ class JobsState:
         jobs = q.jobs
         done: list[str] = []
         size = 0
-        for i, (job_id, token) in enumerate(zip(ids, tokens, strict=True)):
-            job = jobs.get(job_id)
-            if (
-                job is not None
-                and job.session is s
-                and job.token == token
-                and job.state == _CLAIMED
-                and now < job.deadline
-                and job.holder is None
-            ):
-                job.session = None
-                job.state = _GONE
-                del jobs[job_id]
-                done.append(job_id)
-                size += len(job.payload)
-                continue
-            for _, expected, current in self.resolve(s, [[qname, job_id, token, ACK, None]], now):
-                conflicts.append([i + base, expected, current])
-        if done:
-            self.live -= len(done)
-            self.live_bytes -= size
-            if self.journal is not None:
-                self._acked.setdefault(q.name, []).extend(done)
-            if self.parked:
-                self._unpark(now)
+        try:
+            for i, (job_id, token) in enumerate(zip(ids, tokens, strict=True)):
+                job = jobs.get(job_id)  # an unhashable id raises: the finally still counts
+                if (
+                    job is not None
+                    and job.session is s
+                    and job.token == token
+                    and job.state == _CLAIMED
+                    and now < job.deadline
+                    and job.holder is None
+                ):
+                    job.session = None
+                    job.state = _GONE
+                    del jobs[job_id]
+                    done.append(job_id)
+                    size += len(job.payload)
+                    continue
+                entry = [qname, job_id, token, ACK, None]
+                for _, expected, current in self.resolve(s, [entry], now):
+                    conflicts.append([i + base, expected, current])
+        finally:
+            if done:
+                self.live -= len(done)
+                self.live_bytes -= size
+                if self.journal is not None:
+                    self._acked.setdefault(q.name, []).extend(done)
+        if done and self.parked:
+            self._unpark(now)
         return conflicts
 
     def journal_acks(self) -> None:

@@ -104,8 +104,7 @@ class _Lease:
         self.gen = gen
         self.ttl = ttl
         self.deadline = deadline
-        self.quick_until = deadline - _margin(ttl)
-        """Until when a resolution may skip the round trip."""
+        self.quick_until = deadline - _margin(ttl)  # resolutions skip the round trip until then
 
 
 class _ShmJob(ClaimedJob):
@@ -246,6 +245,14 @@ class ShmJobQueue(JobQueue):
         if self._pending or self._acks:
             self._send_pending()
 
+    def _queue_ack(self, job: _ShmJob) -> None:
+        """Queue an ack of ``job``: the acks of one queue go as one group."""
+        group = self._acks.get(job.queue)
+        if group is None:
+            group = self._acks[job.queue] = ([], [])
+        group[0].append(job.id)
+        group[1].append(job.token)
+
     def _queue_resolution(self, entry: list[Any]) -> None:
         self._pending.append(entry)
         if not self._drain_scheduled:
@@ -258,7 +265,10 @@ class ShmJobQueue(JobQueue):
         entry = [job.queue, job.id, job.token, kind, arg]
         now = time.monotonic()
         if lease.gen == client.gen and client.connected and now < lease.quick_until:
-            self._pending.append(entry)
+            if kind == _ACK:
+                self._queue_ack(job)
+            else:
+                self._pending.append(entry)
             self._drain_soon()  # in the kernel before we return: survives our SIGKILL
             if kind == _BEAT:
                 job._lease = _Lease(self, lease.gen, lease.ttl, now + lease.ttl)
@@ -492,23 +502,17 @@ class ShmJobQueue(JobQueue):
         now = time.monotonic()
         gen = client.gen if client.connected else -1
         answered: list[ClaimedJob] = []
-        acks = self._acks
         for job in take_for_ack(jobs, ClaimedJob):
-            lease = job._lease if type(job) is _ShmJob else None
             if (
-                lease is not None
-                and lease.owner is self
+                type(job) is _ShmJob
+                and (lease := job._lease).owner is self
                 and lease.gen == gen
                 and now < lease.quick_until
             ):
-                group = acks.get(job.queue)
-                if group is None:
-                    group = acks[job.queue] = ([], [])
-                group[0].append(job.id)
-                group[1].append(job.token)
+                self._queue_ack(job)
             else:
                 answered.append(job)
-        if acks:
+        if self._acks:
             self._drain_soon()  # in the kernel before we return: survives our SIGKILL
         if answered:
             await ack_each(answered)

@@ -199,40 +199,29 @@ async def test_enqueue_async_pipelines_without_a_task_per_job(sock: str) -> None
         await bus.close()
 
 
+def _claim_two(raw: RawClient, queue: str) -> list[Any]:
+    """Claim two jobs of ``queue`` on a new raw connection (an explicit
+    batch): the claim's answer (``claim_answer``'s columns)."""
+    raw.hello()
+    claim = {"q": queue, "w": "raw", "ttl": 30.0, "n": 2, "x": True, "wait": 0, "cid": 1}
+    raw.send(Call(1, "jobs_claim", claim))
+    [answer] = raw.read(1)
+    assert isinstance(answer, Result)
+    assert not answer.error_type, answer
+    assert isinstance(answer.value, list)
+    return answer.value
+
+
 def _claim_then_resolve(sock: str, queue: str, resolve: list[list[object]]) -> list[Event]:
     """A raw connection claims two jobs of ``queue`` (an explicit batch), then
     sends ``resolve`` with ``{A}``/``{B}`` in its entries replaced by the
     claims' (id, token); the events that came back for the resolve."""
     with RawClient(sock) as raw:
-        raw.hello()
-        claim = {"q": queue, "w": "raw", "ttl": 30.0, "n": 2, "x": True, "wait": 0, "cid": 1}
-        raw.send(Call(1, "jobs_claim", claim))
-        [answer] = raw.read(1)
-        assert isinstance(answer, Result)
-        assert not answer.error_type, answer
-        _, (a_id, b_id), _, a_token, *_ = answer.value
+        _, (a_id, b_id), _, a_token, *_ = _claim_two(raw, queue)
         claims = {"{A}": (a_id, a_token), "{B}": (b_id, a_token + 1)}
         entries = [[queue, *claims[str(e[0])], *e[1:]] for e in resolve]
         raw.send(Call(2, "jobs_resolve", {"r": entries}))
         return raw.read(1)
-
-
-async def test_a_resolve_failing_after_an_ack_keeps_the_broker_counts_right(sock: str) -> None:
-    async with running_broker(sock) as server, await klieo_shm.connect(f"shm://{sock}") as bus:
-        await bus.jobs.enqueue("counted", Job(b"aaaa"))
-        await bus.jobs.enqueue("counted", Job(b"bbbbbbbb"))
-        jobs = server.broker.jobs
-
-        # an ack of A, then a nak of B with a delay the broker refuses
-        [answer] = await asyncio.to_thread(
-            _claim_then_resolve, sock, "counted", [["{A}", 0, None], ["{B}", 1, -1.0]]
-        )
-
-        assert isinstance(answer, Result)
-        assert answer.error_type == "InvalidArgument"
-        stats = await bus.jobs.stats("counted")  # B: still the raw client's, or back if it is gone
-        assert (stats.ready + stats.claimed, stats.dead) == (1, 0)
-        assert (jobs.live, jobs.live_bytes) == (1, len(b"bbbbbbbb"))
 
 
 async def test_a_cancelled_claim_many_leaves_nothing_claimed(sock: str) -> None:
@@ -299,19 +288,14 @@ def _claim_two_then_group(sock: str, queue: str, tokens_shift: tuple[int, int]) 
     acks them as one group (``g``), the tokens moved by ``tokens_shift``:
     the claim's answer and the resolve's."""
     with RawClient(sock) as raw:
-        raw.hello()
-        claim = {"q": queue, "w": "raw", "ttl": 30.0, "n": 2, "x": True, "wait": 0, "cid": 1}
-        raw.send(Call(1, "jobs_claim", claim))
-        [claimed] = raw.read(1)
-        assert isinstance(claimed, Result)
-        assert not claimed.error_type, claimed
-        _, ids, _, first, *_ = claimed.value
+        claimed = _claim_two(raw, queue)
+        _, ids, _, first, *_ = claimed
         tokens = [first + tokens_shift[0], first + 1 + tokens_shift[1]]
         raw.send(Call(2, "jobs_resolve", {"r": [], "g": [[queue, 0, ids, tokens]]}))
         [resolved] = raw.read(1)
         assert isinstance(resolved, Result)
         assert not resolved.error_type, resolved
-        return [claimed.value, resolved.value]
+        return [claimed, resolved.value]
 
 
 async def test_a_claim_answers_by_columns_and_a_group_ack_reports_its_conflicts(
@@ -352,3 +336,37 @@ async def test_claim_many_keeps_each_jobs_attempt_and_options(sock: str) -> None
         await got[0].heartbeat()  # one job's own lease; the others keep the batch's
         await jobs.ack_many(got)
         assert (await jobs.stats("mixed")).claimed == 0
+
+
+def _ack_a_then_a_bad_id(sock: str, queue: str) -> list[Event]:
+    """A raw connection claims two jobs of ``queue`` and acks them as one
+    group whose second id cannot be an id (a list): the events that came back."""
+    with RawClient(sock) as raw:
+        _, (a_id, _), _, first, *_ = _claim_two(raw, queue)
+        group = [queue, 0, [a_id, ["not", "an", "id"]], [first, first + 1]]
+        raw.send(Call(2, "jobs_resolve", {"g": [group]}))
+        return raw.read(1)
+
+
+@pytest.mark.parametrize("form", ["entries", "group"])
+async def test_a_resolve_failing_after_an_ack_keeps_the_broker_counts_right(
+    sock: str, form: str
+) -> None:
+    async with running_broker(sock) as server, await klieo_shm.connect(f"shm://{sock}") as bus:
+        await bus.jobs.enqueue("counted", Job(b"aaaa"))
+        await bus.jobs.enqueue("counted", Job(b"bbbbbbbb"))
+        jobs = server.broker.jobs
+
+        if form == "entries":  # an ack of A, then a nak of B with a delay the broker refuses
+            [answer] = await asyncio.to_thread(
+                _claim_then_resolve, sock, "counted", [["{A}", 0, None], ["{B}", 1, -1.0]]
+            )
+            assert isinstance(answer, Result)
+            assert answer.error_type == "InvalidArgument"
+        else:  # a group acking A, then an id that cannot be one: that connection closes
+            [answer] = await asyncio.to_thread(_ack_a_then_a_bad_id, sock, "counted")
+            assert isinstance(answer, Error)
+
+        stats = await bus.jobs.stats("counted")  # B: still the raw client's, or back if it is gone
+        assert (stats.ready + stats.claimed, stats.dead) == (1, 0)
+        assert (jobs.live, jobs.live_bytes) == (1, len(b"bbbbbbbb"))
