@@ -35,7 +35,8 @@ from .._errors import BusError, InvalidArgument
 from ._client import ENV_RECONNECT_TIMEOUT, RECONNECT_TIMEOUT, ConnectionInterrupted, ShmClient
 from ._jobs import ShmJobQueue
 from ._kv import ShmKvStore
-from ._pubsub import ShmPubsub, ShmRequestReply
+from ._pubsub import ShmPubsub
+from ._requests import ShmRequestReply
 
 __all__ = [
     "ENV_RECONNECT_TIMEOUT",
