@@ -52,6 +52,7 @@ from typing import Any, ClassVar, Final, TypeVar
 import posix_ipc
 
 from .._errors import BusError, Closed, Full, InvalidArgument, ProtocolError
+from .._inherit import hold, let_go
 from .._spin import SpinningEventLoop
 from ..layout import SLOT, open_arena, open_store, write_slot
 from ..protocol import (
@@ -169,6 +170,13 @@ class _Proto(asyncio.BufferedProtocol):
     def __init__(self, client: ShmClient) -> None:
         self.client = client
         self._view = memoryview(bytearray(_READ_BUFFER))
+        self._fd = -1
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # a forked child lets go of its copy: the broker sees this process
+        # go when it goes, children or not
+        self._fd = transport.get_extra_info("socket").fileno()
+        hold(self._fd)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._view
@@ -180,6 +188,7 @@ class _Proto(asyncio.BufferedProtocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        let_go(self._fd)  # asyncio closes the socket after this returns
         self.client._on_lost(self, exc)
 
 

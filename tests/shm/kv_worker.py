@@ -11,11 +11,16 @@ python kv_worker.py SOCKET rewrite BUCKET KEY N
 python kv_worker.py SOCKET lease BUCKET KEY TTL
     take the lease, print "held <token>"; then for each line on stdin:
     "heartbeat" or "release" -> print "ok" or "conflict <expected> <current>"
+python kv_worker.py SOCKET lease-fork BUCKET KEY TTL
+    take the lease, fork a child that prints "child <pid>" and waits for a
+    signal (it never touches the bus), then print "held <token>" and wait
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 
 import klieo_shm
@@ -29,7 +34,8 @@ def value_of(i: int) -> bytes:
 
 
 def say(*words: object) -> None:
-    print(*words, flush=True)
+    """One line in one write: a forked child's lines never split the parent's."""
+    os.write(1, (" ".join(map(str, words)) + "\n").encode())
 
 
 async def line() -> str:
@@ -40,6 +46,18 @@ async def main(sock: str, role: str, bucket: str, key: str, arg: str) -> None:
     bus = await klieo_shm.connect(f"shm://{sock}")
     kv = bus.kv
     await kv.get(bucket, key)
+    if role == "lease-fork":
+        lease = await kv.lease(bucket, key, float(arg))
+        if os.fork() == 0:  # the child holds copies of every descriptor
+            say("child", os.getpid())
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, 0)  # the test waits for the pipes' ends to see the parent die
+            os.dup2(null, 1)
+            signal.alarm(120)  # should the test not kill it: gone in 2 minutes
+            while True:
+                signal.pause()
+        say("held", lease.token)
+        await asyncio.Event().wait()
     if role == "lease":
         lease = await kv.lease(bucket, key, float(arg))
         say("held", lease.token)

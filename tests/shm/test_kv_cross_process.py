@@ -165,6 +165,33 @@ async def test_lease_of_a_killed_holder_is_free_within_a_second(
         assert lease.token > int(held)
 
 
+async def test_lease_of_a_killed_holder_is_free_while_its_forked_child_lives(
+    sock: str, broker: subprocess.Popen[bytes]
+) -> None:
+    """The child's copy of the holder's connection does not keep it open."""
+    async with await klieo_shm.connect(f"shm://{sock}") as bus:
+        async with worker(sock, "lease-fork", "locks", "leader", "60") as w:
+            said: dict[str, int] = {}
+            try:
+                for _ in range(2):  # "held <token>" and "child <pid>", in either order
+                    assert w.proc.stdout is not None
+                    word, value = (await asyncio.wait_for(w.proc.stdout.readline(), 60)).split()
+                    said[word.decode()] = int(value)
+                w.proc.kill()
+                await w.proc.wait()
+                lease = None
+                async with asyncio.timeout(30.0):  # far below the lease's 60 s TTL
+                    while lease is None:
+                        try:
+                            lease = await bus.kv.lease("locks", "leader", 60.0)
+                        except klieo_shm.Conflict:
+                            await asyncio.sleep(0.005)  # the broker has not read the EOF yet
+            finally:
+                if "child" in said:
+                    os.kill(said["child"], signal.SIGKILL)
+        assert lease.token > said["held"]
+
+
 async def test_stale_holders_heartbeat_after_takeover_raises_conflict(
     sock: str, broker: subprocess.Popen[bytes]
 ) -> None:
