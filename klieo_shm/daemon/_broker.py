@@ -24,7 +24,7 @@ from .. import __version__
 from .._errors import BusError, Closed, HandlerError, InvalidArgument, NotFound, ProtocolError
 from .._names import validate_durable, validate_subject, validate_subject_pattern
 from .._values import check_duration
-from ..layout import HEADER_SIZE, init_arena, init_store
+from ..layout import HEADER_SIZE, init_arena, init_store, publish_services_epoch
 from ..protocol import (
     CLOSED,
     NEED_DATA,
@@ -63,6 +63,8 @@ __all__ = ["Broker", "Session"]
 log = logging.getLogger("klieo.shmd")
 _DEFER: Final = object()
 _REQUEST_GRACE: Final = 1.0
+_MAX_ADDRESS: Final = 107
+"""Longest Unix socket address (``sun_path`` less one byte)."""
 
 
 class Session:
@@ -76,6 +78,7 @@ class Session:
         "closed",
         "conn",
         "deliveries",
+        "direct",
         "members",
         "name",
         "next_did",
@@ -108,6 +111,7 @@ class Session:
         self.members: dict[int, Member] = {}
         self.parked: deque[tuple[PublishBatch, float]] = deque()  # (batch, deadline)
         self.services: dict[int, str] = {}  # svc_id -> subject
+        self.direct = ""  # the address of its direct request link ("": none)
         self.serving: set[int] = set()  # request ids sent to this session
         self.asking: set[int] = set()  # request ids this session made
 
@@ -197,6 +201,7 @@ class Broker:
         self._ids = itertools.count(1)
         self._req_ids = itertools.count(1)
         self.services: dict[str, list[tuple[Session, int]]] = {}
+        self.services_epoch = 0  # published in the store's header
         self._rr = 0
         self.requests: dict[int, _Request] = {}
         self.journal: Journal | None = None
@@ -540,9 +545,42 @@ class Broker:
         svc_id = _u32(ev.args, "svc_id")
         if svc_id in s.services:
             raise InvalidArgument("svc_id", svc_id, "already in use on this connection")
+        direct = ev.args.get("direct", "")
+        if (
+            not isinstance(direct, str)
+            or len(direct.encode()) > _MAX_ADDRESS
+            or (direct and not direct.startswith("\0"))
+        ):
+            raise InvalidArgument(
+                "direct",
+                direct,
+                f"must be an abstract socket address of at most {_MAX_ADDRESS} bytes",
+            )
         s.services[svc_id] = subject
+        if direct:
+            s.direct = direct
         self.services.setdefault(subject, []).append((s, svc_id))
+        self._services_changed()
         return {}
+
+    def _c_route(self, s: Session, ev: Call, now: float) -> object:
+        """Where the servers of ``subject`` are: ``direct`` lists one
+        ``[address, uid]`` per service (a client serving it twice is there
+        twice), or is ``None`` when one of them has no direct link (then
+        requests go through the broker); ``epoch`` is the services epoch
+        this answer holds for. ``NotFound`` when nobody serves it."""
+        subject = ev.args["subject"]
+        servers = self.services.get(subject) if isinstance(subject, str) else None
+        if not servers:
+            raise NotFound("server for subject", validate_subject(subject))
+        direct: list[list[Any]] | None = [[x.direct, x.uid] for x, _ in servers]
+        if any(not x.direct for x, _ in servers):
+            direct = None
+        return {"epoch": self.services_epoch, "direct": direct}
+
+    def _services_changed(self) -> None:
+        self.services_epoch += 1
+        publish_services_epoch(self.store_seg.view, self.services_epoch)
 
     def _c_unserve(self, s: Session, ev: Call, now: float) -> object:
         self._unserve(s, _u32(ev.args, "svc_id"))
@@ -557,6 +595,7 @@ class Broker:
             servers.remove((s, svc_id))
         if not servers:
             self.services.pop(subject, None)
+        self._services_changed()
 
     def _request(self, s: Session, ev: Request, now: float) -> None:
         """Hand ``ev`` to one server of its subject (round robin); its
@@ -640,6 +679,7 @@ _CALLS: Final[dict[str, Callable[[Broker, Session, Call, float], object]]] = {
     "delete_durable": Broker._c_delete_durable,
     "serve": Broker._c_serve,
     "unserve": Broker._c_unserve,
+    "route": Broker._c_route,
     "stats": Broker._c_stats,
     **job_calls(_DEFER),
     **KV_CALLS,

@@ -23,9 +23,11 @@ from ._fit import FitAllocator as FitAllocator
 from ._header import HEADER_SIZE as HEADER_SIZE
 from ._header import LayoutError as LayoutError
 from ._header import read_word as read_word
+from ._store import SERVICES_WORD as SERVICES_WORD
 from ._store import STORE_MAGIC as STORE_MAGIC
 from ._store import STORE_VERSION as STORE_VERSION
 from ._store import BuddyAllocator as BuddyAllocator
 from ._store import init_store as init_store
 from ._store import open_store as open_store
+from ._store import publish_services_epoch as publish_services_epoch
 from ._store import publish_usage as publish_usage

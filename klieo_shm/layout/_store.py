@@ -10,13 +10,19 @@ block after it was freed unless it read after its own ack.
 Byte map::
 
     offset  size  field
-    0       64    common header (``_header``): magic b"KLIEOSTO", version 1,
+    0       64    common header (``_header``): magic b"KLIEOSTO", version 2,
                   data_size; word 3 = bytes in use (for ``klieo-shm status``),
-                  word 4 = broker pid, word 5 = blocks in use
+                  word 4 = broker pid, word 5 = blocks in use, word 6 =
+                  services epoch (``SERVICES_WORD``)
     64      n     data area, n a power of two, carved by ``BuddyAllocator``
 
 Blocks hold whole publish batches (one block per batch, not per message), so
 allocation cost is paid once per batch.
+
+The services epoch goes up whenever the set of servers of any subject
+changes (a service starts or stops, a serving client goes away). A client
+that cached where a subject's servers are reads it before each request and
+asks the broker again once it moved (version 2 added it).
 """
 
 from __future__ import annotations
@@ -26,21 +32,26 @@ from typing import Final
 from ._header import HEADER_SIZE, check_header, write_header, write_word
 
 __all__ = [
+    "SERVICES_WORD",
     "STORE_MAGIC",
     "STORE_VERSION",
     "BuddyAllocator",
     "init_store",
     "open_store",
+    "publish_services_epoch",
     "publish_usage",
 ]
 
 STORE_MAGIC: Final = b"KLIEOSTO"
-STORE_VERSION: Final = 1
+STORE_VERSION: Final = 2
 MIN_BLOCK: Final = 256
 
 _W_USED: Final = 3
 _W_PID: Final = 4
 _W_BLOCKS: Final = 5
+SERVICES_WORD: Final = 6
+"""Index of the services epoch in the header read as 8-byte words
+(``memoryview(header).cast("Q")``)."""
 
 
 def init_store(buf: memoryview, broker_pid: int) -> memoryview:
@@ -66,6 +77,13 @@ def publish_usage(buf: memoryview, used: int, blocks: int) -> None:
     # SYNC POINT: usage counters published; observed by read_word in status tools
     write_word(buf, _W_USED, used)
     write_word(buf, _W_BLOCKS, blocks)
+
+
+def publish_services_epoch(buf: memoryview, epoch: int) -> None:
+    """Broker side: the servers of some subject changed; ``epoch`` is the
+    new, larger value."""
+    # SYNC POINT: services epoch published; read by requesters before each request
+    write_word(buf, SERVICES_WORD, epoch)
 
 
 class BuddyAllocator:

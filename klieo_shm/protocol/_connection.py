@@ -82,7 +82,7 @@ __all__ = [
     "State",
 ]
 
-PROTOCOL_VERSION: Final = 7
+PROTOCOL_VERSION: Final = 8
 """1: the first; 2: ``Welcome.store_name`` may be a file path (the store of a
 broker with a state directory), not only a POSIX shared-memory name; 3: KV
 puts, cas and deletes travel as ``KvWrite``/``KvWritten`` frames, requests as
@@ -94,7 +94,11 @@ batches (``PUB_HEAD`` flags, ``PUBACK_KEPT``, ``Release``, ``ArenaGone``,
 delivery frame names its first delivery id once, counts only for
 redeliveries; 7: ``jobs_claim`` answers by columns (ids, payloads, first
 token...), ``jobs_resolve`` takes groups ``g`` of argument-less resolutions
-of one queue besides the entries ``r``."""
+of one queue besides the entries ``r``; 8: direct request links (two
+clients of one broker, ``Connection.direct``: ``Request`` one way, ``Reply``
+or ``Result`` the other), ``serve`` takes ``direct`` (the serving client's
+link address), the ``route`` call, the services epoch in the store's header
+(store version 2)."""
 DEFAULT_MAX_FRAME: Final = 1 << 20
 """Frame body limit until the handshake sets the connection's own."""
 
@@ -132,18 +136,30 @@ _READY_SENDS: Final[dict[Role, frozenset[type[Any]]]] = {
         {Result, Incoming, StreamEnd, Release, ArenaGone, PubAck, DeliverBatch, KvWritten, Reply}
     ),
 }
+# On a direct link (Connection.direct) the requester is the "client" and the
+# serving client the "server"; READY from the start, and only these pass.
+_DIRECT_SENDS: Final[dict[Role, frozenset[type[Any]]]] = {
+    "client": frozenset({Request}),
+    "server": frozenset({Reply, Result}),
+}
 # An Error may be sent or received in every live state and ends the connection.
 _ERROR_FROM: Final[frozenset[State]] = frozenset(
     {"START", "HELLO_SENT", "HELLO_RECEIVED", "READY", "ERROR"}
 )
 
 
-def _next_state(role: Role, state: State, direction: str, etype: type[Any]) -> State | None:
+def _next_state(
+    role: Role,
+    state: State,
+    direction: str,
+    etype: type[Any],
+    sends: dict[Role, frozenset[type[Any]]] = _READY_SENDS,
+) -> State | None:
     if etype is Error:
         return "CLOSED" if state in _ERROR_FROM else None
     if state == "READY":
         sender: Role = role if direction == "send" else ("server" if role == "client" else "client")
-        return "READY" if etype in _READY_SENDS[sender] else None
+        return "READY" if etype in sends[sender] else None
     return _HANDSHAKE.get((role, state, direction, etype))
 
 
@@ -161,6 +177,7 @@ class Connection:
         "_pending",
         "_ready_recvs",
         "_ready_sends",
+        "_sends",
         "max_frame",
         "our_role",
         "state",
@@ -175,10 +192,25 @@ class Connection:
         self._buf = bytearray()
         self._pending: list[tuple[int, bytes]] = []
         self._eof = False
+        self._sends = _READY_SENDS
         # The READY rows of the transition table for this role (the hot path).
         self._ready_sends = _READY_SENDS[our_role]
         self._ready_recvs = _READY_SENDS["server" if our_role == "client" else "client"]
         self._packer = msgpack.Packer(use_bin_type=True)
+
+    @classmethod
+    def direct(cls, our_role: Role, max_frame: int) -> Connection:
+        """One side of a direct request link between two clients of one
+        broker: READY at once, with no handshake (both ends passed the
+        broker's, so they speak its version and share its ``max_frame``).
+        The requester (``"client"``) sends only ``Request``; the serving
+        client (``"server"``) only ``Reply`` or ``Result``."""
+        conn = cls(our_role, max_frame)
+        conn.state = "READY"
+        conn._sends = _DIRECT_SENDS
+        conn._ready_sends = _DIRECT_SENDS[our_role]
+        conn._ready_recvs = _DIRECT_SENDS["server" if our_role == "client" else "client"]
+        return conn
 
     # --- receiving -----------------------------------------------------------
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
@@ -218,7 +250,7 @@ class Connection:
             etype = type(event)
             if self.state == "READY" and etype in self._ready_recvs:
                 return event  # READY -> READY
-            new = _next_state(self.our_role, self.state, "recv", etype)
+            new = _next_state(self.our_role, self.state, "recv", etype, self._sends)
             if new is None:
                 raise RemoteProtocolError(f"peer sent {etype.__name__} in state {self.state}")
             if isinstance(event, Hello | Welcome) and event.version != PROTOCOL_VERSION:
@@ -249,7 +281,7 @@ class Connection:
             if fields is not None:
                 return _encode_control(self._packer, event, fields, self.max_frame)
             return _encode(event, self.max_frame, self._packer)
-        new = _next_state(self.our_role, self.state, "send", etype)
+        new = _next_state(self.our_role, self.state, "send", etype, self._sends)
         if new is None:
             raise LocalProtocolError(f"cannot send {etype.__name__} in state {self.state}")
         data = _encode(event, self.max_frame, self._packer)

@@ -5,8 +5,10 @@ names one. The query parameter ``reconnect_timeout`` (seconds, e.g.
 ``shm:///run/klieo.sock?reconnect_timeout=5``) bounds how long the client
 keeps reconnecting after the broker went away (default
 ``$KLIEO_RECONNECT_TIMEOUT``, else 30; ``0`` gives up at once); ``spin_us``
-is read by the blocking flavour (``klieo_shm.sync``); other query
-parameters and the fragment are ignored (tests use them to label buses).
+is read by the blocking flavour (``klieo_shm.sync``); ``direct=0`` keeps
+requests and services of this bus off direct links (see ``_requests``);
+other query parameters and the fragment are ignored (tests use them to
+label buses).
 An asyncio client spins while it awaits an answer when its loop is a
 ``klieo_shm.SpinningEventLoop``.
 
@@ -18,8 +20,9 @@ connection (see ``_client``).
 Payloads go through shared memory: published payloads are written into this
 client's tx arena, delivered ones are copied out of the broker's read-only
 store (three copies in all). Request/reply payloads travel inline in control
-frames, as
-job payloads do (see ``_jobs``), and KV values on their way to the broker.
+frames, on a direct link between requester and server where there is one
+(see ``_direct``); job payloads travel inline too (see ``_jobs``), and KV
+values on their way to the broker.
 KV reads take no round trip: ``get`` reads the broker's KV table through a
 read-only mapping (see ``_kv``).
 """
@@ -45,6 +48,7 @@ __all__ = [
     "ShmClient",
     "ShmPubsub",
     "ShmRequestReply",
+    "direct_of",
     "open_bus",
     "reconnect_timeout_of",
     "socket_path_of",
@@ -73,12 +77,23 @@ def reconnect_timeout_of(url: str) -> float | None:
     return seconds
 
 
+def direct_of(url: str) -> bool:
+    """Whether the URL lets requests and services use direct links: yes
+    unless its ``direct`` query parameter is ``0`` (``1``: yes)."""
+    values = parse_qs(urlsplit(url).query).get("direct")
+    if not values:
+        return True
+    if values[-1] not in ("0", "1"):
+        raise InvalidArgument("direct", values[-1], "must be 0 or 1")
+    return values[-1] == "1"
+
+
 async def open_bus(url: str) -> Bus:
     """Connect to the broker at the URL's socket; ``Closed`` naming the
     socket when no broker answers there."""
     client = ShmClient(socket_path_of(url), reconnect_timeout=reconnect_timeout_of(url))
     pubsub = ShmPubsub(client)
-    requests = ShmRequestReply(client)
+    requests = ShmRequestReply(client, direct_of(url))
     jobs = ShmJobQueue(client)
     kv = ShmKvStore(client)
 

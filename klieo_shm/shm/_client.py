@@ -54,7 +54,7 @@ import posix_ipc
 from .._errors import BusError, Closed, Full, InvalidArgument, ProtocolError
 from .._inherit import hold, let_go
 from .._spin import SpinningEventLoop
-from ..layout import SLOT, open_arena, open_store, write_slot
+from ..layout import HEADER_SIZE, SLOT, open_arena, open_store, write_slot
 from ..protocol import (
     ACK_KIND_ACK,
     CLOSED,
@@ -112,6 +112,9 @@ publish window whose futures are all done, acks of several ready batches)
 keeps the broker working on the first ones while it queues the rest, instead
 of the two taking turns. Acks go at an eighth of the broker's default member
 window (512), so that it has room to deliver more while these are in flight."""
+
+_NO_WORDS: Final = memoryview(bytes(HEADER_SIZE)).cast("Q")
+"""The store header's words while no store is mapped (all zero)."""
 
 RECONNECT_TIMEOUT: Final = 30.0
 """Seconds a client keeps trying to reconnect after losing the broker."""
@@ -227,6 +230,9 @@ class ShmClient:
         self.on_interrupted: Callable[[], None] = lambda: None
         self.on_restore: Callable[[], Awaitable[None]] | None = None
         self.on_lost: Callable[[BusError], None] = lambda exc: None
+        self.also_awaiting: Callable[[], bool] = lambda: False
+        """Whether the owner awaits an answer that is not the broker's (a
+        direct request): the client's loop spins then too."""
         self._forget_reconnect()
         self._reset()
 
@@ -248,6 +254,7 @@ class ShmClient:
         self.store = memoryview(b"")
         # the store's whole mapping (header first), to copy payloads out of
         self.store_mm: mmap.mmap | bytes = b""
+        self.store_words = _NO_WORDS  # the store's header as 8-byte words
         self.zones = TxZones(1 << 20, 0)
         self.peers: PeerArenas | None = None  # arenas kept batches are read from
         self._out: list[bytes] = []
@@ -273,6 +280,11 @@ class ShmClient:
     @property
     def max_payload(self) -> int:
         return self._welcome.max_payload if self._welcome else 0
+
+    @property
+    def max_frame(self) -> int:
+        """The connection's frame body limit (the broker's, once connected)."""
+        return self._conn.max_frame
 
     @property
     def closed(self) -> bool:
@@ -351,6 +363,7 @@ class ShmClient:
             self.arena = open_arena(self._arena_map.view, welcome.client_id)
             self.store = open_store(self._store_map.view)
             self.store_mm = self._store_map.mm
+            self.store_words = self._store_map.view[:HEADER_SIZE].cast("Q")
             self.zones = TxZones(len(self.arena), welcome.keep_min)
         except (OSError, ValueError, posix_ipc.Error) as exc:
             self._teardown()
@@ -375,7 +388,7 @@ class ShmClient:
     def _awaiting(self) -> bool:
         """Whether an answer from the broker is awaited soon: a publish, or
         a call other than those that wait at the broker on purpose."""
-        return len(self._calls) > self._waits or bool(self._inflight)
+        return len(self._calls) > self._waits or bool(self._inflight) or self.also_awaiting()
 
     def _wait_done(self, fut: asyncio.Future[Any]) -> None:
         self._waits -= 1
@@ -391,6 +404,7 @@ class ShmClient:
             self.peers = None
         self.arena = self.store = memoryview(b"")
         self.store_mm = b""
+        self.store_words = _NO_WORDS
         for m in (self._arena_map, self._store_map):
             if m is not None:
                 m.close()

@@ -1,5 +1,12 @@
 """``RequestReply`` over the broker, on top of ``ShmClient``.
 
+Requests go on direct links to the serving client when the broker names
+one for every server of the subject (see ``_direct``), else through the
+broker; both ways the payloads travel inline in control frames (one copy
+each way through a socket). ``direct=False`` (``?direct=0`` in the URL)
+keeps this client off direct links both ways: its services are served
+through the broker, its requests go through the broker.
+
 Every running service is registered again on a new connection (see
 ``_client``).
 """
@@ -11,19 +18,27 @@ import contextlib
 import inspect
 import itertools
 import logging
+import os
+import time
+from collections.abc import Callable
 from typing import Any, Final
 
-from .._errors import BusError, Closed, PayloadTooLarge, Timeout
+from .._errors import BusError, Closed, NotFound, PayloadTooLarge, Timeout
 from .._handles import Service
 from .._interfaces import Handler, RequestReply
 from .._names import validate_subject
 from .._values import as_bytes, check_duration
-from ..protocol import Incoming, Respond
-from ._client import ShmClient
+from ..layout import SERVICES_WORD
+from ..protocol import Incoming, Request, Respond
+from ._client import ShmClient, _forks
+from ._direct import DirectLinks, DirectServer, ServeLink
 
 __all__ = ["ShmRequestReply"]
 
 log: Final = logging.getLogger("klieo_shm.shm")
+
+Answer = Callable[[bytes, str], None]
+"""Sends a handler's outcome: (reply, "") or (error message, error type name)."""
 
 
 class _Svc:
@@ -36,17 +51,41 @@ class _Svc:
 
 
 class ShmRequestReply(RequestReply):
-    """Request/reply over one ``ShmClient``; payloads travel inline in
-    control frames (one copy each way through the socket)."""
+    """Request/reply over one ``ShmClient``, on direct links where it can
+    (see the module docstring)."""
 
-    def __init__(self, client: ShmClient) -> None:
+    def __init__(self, client: ShmClient, direct: bool = True) -> None:
         self._client = client
         self._handlers: dict[int, Handler] = {}
         self._subjects: dict[int, str] = {}  # svc_id -> subject, to serve again
+        self._serving: dict[str, list[int]] = {}  # subject -> its svc_ids here
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._valid: set[str] = set()  # subjects already validated
+        self._direct = direct
+        self._listener = DirectServer(self._on_direct)
+        self._links = DirectLinks()
+        self._fork = _forks[0]
+        # where the servers of a subject are: direct addresses, or None
+        # (through the broker); good while the services epoch and the
+        # connection stay what they were when the broker said so
+        self._routes: dict[str, list[str] | None] = {}
+        self._epoch = -1
+        self._gen = -1
+        self._rr = 0
+        self._uid = os.getuid()
         client.on_incoming = self._on_incoming
+        client.also_awaiting = self._awaiting
+
+    def _awaiting(self) -> bool:
+        return self._links.pending > 0 or time.perf_counter() < self._listener.hot_until
+
+    def _check_fork(self) -> None:
+        if self._fork != _forks[0]:  # a forked child: the parent's links are not ours
+            self._fork = _forks[0]
+            self._listener.forget()
+            self._links.forget()
+            self._routes.clear()
 
     async def request(self, subject: str, payload: bytes, timeout: float) -> bytes:
         if subject not in self._valid:
@@ -62,12 +101,53 @@ class ShmRequestReply(RequestReply):
         if len(data) > client.max_payload:
             raise PayloadTooLarge(len(data), client.max_payload)
         try:
+            if self._direct:
+                value = await self._request_direct(subject, data, timeout)
+                if value is not None:
+                    return value
             value = await client.request(subject, data, timeout)
         except TimeoutError:
             raise Timeout(f"request on {subject!r}", timeout) from None
         if not isinstance(value, bytes):  # a Result, not a Reply, answered it
             raise BusError(f"malformed reply to request on {subject!r}")
         return value
+
+    async def _request_direct(self, subject: str, data: bytes, timeout: float) -> bytes | None:
+        """The reply over a direct link, or ``None`` when the request is to
+        go through the broker (nothing ran)."""
+        client = self._client
+        epoch = client.store_words[SERVICES_WORD]
+        if epoch != self._epoch or client.gen != self._gen or self._fork != _forks[0]:
+            self._check_fork()
+            self._routes.clear()
+            self._epoch, self._gen = epoch, client.gen
+        route = self._routes.get(subject, _UNKNOWN)
+        if route is _UNKNOWN:
+            route = await self._route(subject)
+        if not route:
+            return None
+        self._rr += 1
+        address = route[self._rr % len(route)]
+        value = await self._links.request(address, subject, data, timeout, client.max_frame)
+        if value is None:  # not there any more: ask the broker next time
+            self._routes.pop(subject, None)
+        return value
+
+    async def _route(self, subject: str) -> list[str] | None:
+        """Ask the broker where the servers of ``subject`` are (``NotFound``
+        when nobody serves it), and keep the answer while it holds."""
+        gen = self._client.gen
+        answer = await self._client.call("route", {"subject": subject})
+        epoch, direct = answer["epoch"], answer["direct"]
+        route: list[str] | None = None
+        if direct and all(uid == self._uid for _, uid in direct):
+            route = [address for address, _ in direct]
+        if gen == self._gen == self._client.gen and epoch >= self._epoch:
+            if epoch > self._epoch:  # what else was kept is older than this
+                self._routes.clear()
+                self._epoch = epoch
+            self._routes[subject] = route
+        return route
 
     async def serve(self, subject: str, handler: Handler) -> Service:
         validate_subject(subject)
@@ -77,56 +157,93 @@ class ShmRequestReply(RequestReply):
         svc_id = next(self._ids)
         self._handlers[svc_id] = handler
         self._subjects[svc_id] = subject
+        self._serving.setdefault(subject, []).append(svc_id)
         try:
-            await self._client.call("serve", {"subject": subject, "svc_id": svc_id})
+            await self._client.call("serve", await self._serve_args(svc_id, subject))
         except BaseException:
-            self._handlers.pop(svc_id, None)
-            self._subjects.pop(svc_id, None)
+            self._forget(svc_id)
             raise
         return Service(subject, _Svc(self, svc_id))
 
+    async def _serve_args(self, svc_id: int, subject: str) -> dict[str, Any]:
+        args: dict[str, Any] = {"subject": subject, "svc_id": svc_id}
+        if self._direct:
+            self._check_fork()
+            args["direct"] = await self._listener.start(self._client.max_frame)
+        return args
+
+    def _forget(self, svc_id: int) -> Handler | None:
+        subject = self._subjects.pop(svc_id, None)
+        if subject is not None:
+            ids = self._serving.get(subject, [])
+            if svc_id in ids:
+                ids.remove(svc_id)
+            if not ids:
+                self._serving.pop(subject, None)
+        return self._handlers.pop(svc_id, None)
+
     async def _unserve(self, svc_id: int) -> None:
-        self._subjects.pop(svc_id, None)
-        if self._handlers.pop(svc_id, None) is None:
+        if self._forget(svc_id) is None:
             return
         if self._client.connected:
             with contextlib.suppress(Closed, BusError):
                 await self._client.call("unserve", {"svc_id": svc_id})
 
+    # --- answering -----------------------------------------------------------------
     def _on_incoming(self, ev: Incoming) -> None:
+        """A request that came through the broker."""
+        gen, req_id = self._client.gen, ev.req_id
+
+        def answer(payload: bytes, error_type: str) -> None:
+            self._reply(gen, Respond(req_id, payload, error_type))
+
         handler = self._handlers.get(ev.svc_id)
-        gen = self._client.gen
         if handler is None:
-            self._reply(gen, Respond(ev.req_id, b"service stopped", "Closed"))
+            answer(b"service stopped", "Closed")
+        else:
+            self._run(handler, ev.payload, answer)
+
+    def _on_direct(self, link: ServeLink, ev: Request) -> None:
+        """A request that came on a direct link."""
+        ids = self._serving.get(ev.subject)
+        if not ids:  # stopped meanwhile: its requester asks the broker
+            link.fail(ev.call_id, NotFound("server for subject", ev.subject))
             return
+        self._rr += 1
+        handler = self._handlers[ids[self._rr % len(ids)]]
+        call_id, subject = ev.call_id, ev.subject
+        self._run(handler, ev.payload, lambda p, e: link.answer(call_id, subject, p, e))
+
+    def _run(self, handler: Handler, payload: bytes, answer: Answer) -> None:
         try:
-            out = handler(ev.payload)
+            out = handler(payload)
         except Exception as exc:
-            self._reply(gen, Respond(ev.req_id, str(exc).encode(), type(exc).__name__))
+            answer(str(exc).encode(), type(exc).__name__)
             return
         if inspect.isawaitable(out):
-            task = asyncio.ensure_future(self._finish(gen, ev.req_id, out))
+            task = asyncio.ensure_future(self._finish(out, answer))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         else:
-            self._reply(gen, self._respond(ev.req_id, out))
+            self._outcome(out, answer)
 
-    async def _finish(self, gen: int, req_id: int, out: Any) -> None:
+    async def _finish(self, out: Any, answer: Answer) -> None:
         try:
             value = await out
         except Exception as exc:
-            self._reply(gen, Respond(req_id, str(exc).encode(), type(exc).__name__))
+            answer(str(exc).encode(), type(exc).__name__)
             return
-        self._reply(gen, self._respond(req_id, value))
+        self._outcome(value, answer)
 
-    def _respond(self, req_id: int, value: object) -> Respond:
+    def _outcome(self, value: object, answer: Answer) -> None:
         try:
             data = as_bytes(value, "reply")
             if len(data) > self._client.max_payload:
                 raise PayloadTooLarge(len(data), self._client.max_payload)
         except BusError as exc:
-            return Respond(req_id, str(exc).encode(), type(exc).__name__)
-        return Respond(req_id, data)
+            answer(str(exc).encode(), type(exc).__name__)
+            return
+        answer(data, "")
 
     def _reply(self, gen: int, resp: Respond) -> None:
         """Answer on the connection the request came on (``gen``: its
@@ -137,24 +254,35 @@ class ShmRequestReply(RequestReply):
             with contextlib.suppress(BusError):
                 client.send(resp)
 
+    # --- the connection's life ----------------------------------------------------
     async def restore(self) -> None:
         """On a new connection: serve every running service's subject again."""
+        items = list(self._subjects.items())
+        args = {svc_id: await self._serve_args(svc_id, subject) for svc_id, subject in items}
         kept = await self._client.register_again(
-            list(self._subjects.items()),
-            lambda svc: ("serve", {"subject": svc[1], "svc_id": svc[0]}),
+            items,
+            lambda svc: ("serve", args[svc[0]]),
             lambda svc: ("unserve", {"svc_id": svc[0]}),
             lambda svc: svc[0] in self._subjects,
         )
         for (svc_id, subject), answer in kept:
             if isinstance(answer, BaseException):
                 log.warning("service on %r could not be registered again: %s", subject, answer)
-                self._handlers.pop(svc_id, None)
-                self._subjects.pop(svc_id, None)
+                self._forget(svc_id)
 
     def end_all(self) -> None:
         """Stop serving: the bus closed or gave up reconnecting. Handlers
-        still running are cancelled; their replies could not go out."""
+        still running are cancelled; their replies could not go out. Direct
+        links close: requests in flight on them fail with ``Closed``."""
         self._handlers.clear()
         self._subjects.clear()
+        self._serving.clear()
+        self._check_fork()
+        self._listener.close()
+        self._links.close()
+        self._routes.clear()
         for task in list(self._tasks):
             task.cancel()
+
+
+_UNKNOWN: Final[Any] = object()

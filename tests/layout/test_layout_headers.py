@@ -6,13 +6,16 @@ import pytest
 
 from klieo_shm.layout import (
     HEADER_SIZE,
+    SERVICES_WORD,
     SLOT,
+    STORE_VERSION,
     LayoutError,
     check_slot,
     init_arena,
     init_store,
     open_arena,
     open_store,
+    publish_services_epoch,
     read_word,
     write_slot,
 )
@@ -38,6 +41,25 @@ def test_store_rejects_wrong_magic_and_version() -> None:
     buf[8] = 9
     with pytest.raises(LayoutError, match="version 9"):
         open_store(buf)
+
+
+def test_store_of_version_1_has_no_services_epoch_and_is_refused() -> None:
+    buf = memoryview(bytearray(HEADER_SIZE + 4096))
+    init_store(buf, broker_pid=1)
+    assert STORE_VERSION == 2
+    buf[8] = 1
+    with pytest.raises(LayoutError, match="version 1"):
+        open_store(buf)
+
+
+def test_services_epoch_is_a_header_word_the_requesters_read() -> None:
+    buf = memoryview(bytearray(HEADER_SIZE + 4096))
+    init_store(buf, broker_pid=1)
+    words = buf[:HEADER_SIZE].cast("Q")  # as a client reads it
+    assert words[SERVICES_WORD] == 0
+    publish_services_epoch(buf, 41)
+    assert words[SERVICES_WORD] == read_word(buf, SERVICES_WORD) == 41
+    assert read_word(buf, 5) == 0  # the blocks counter beside it is untouched
 
 
 def test_counters_use_single_aligned_stores() -> None:

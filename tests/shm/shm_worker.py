@@ -9,19 +9,25 @@ python shm_worker.py SOCKET hold DURABLE SUBJECT COUNT
 python shm_worker.py SOCKET serve SUBJECT MODE
     serve SUBJECT (MODE echo | raise | hang), print "ready"; in hang mode
     print "got" when a request arrives and never answer
+python shm_worker.py SOCKET serve-fork SUBJECT
+    serve SUBJECT (echo), fork a child that prints "child <pid>" and waits
+    for a signal (it never touches the bus), then print "ready"
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import signal
 import sys
 
 import klieo_shm
 
 
 def say(*words: object) -> None:
-    print(*words, flush=True)
+    """One line in one write: a forked child's lines never split the parent's."""
+    os.write(1, (" ".join(map(str, words)) + "\n").encode())
 
 
 async def main(sock: str, role: str, *args: str) -> None:
@@ -42,6 +48,17 @@ async def main(sock: str, role: str, *args: str) -> None:
         if role == "hold":
             say("held", *held)
             await asyncio.Event().wait()
+    elif role == "serve-fork":
+        await bus.requests.serve(args[0], lambda payload: payload)
+        if os.fork() == 0:  # the child holds copies of every descriptor
+            say("child", os.getpid())
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)  # the test waits for the pipe's end to see the parent die
+            signal.alarm(120)  # should the test not kill it: gone in 2 minutes
+            while True:
+                signal.pause()
+        say("ready")
+        await asyncio.Event().wait()
     elif role == "serve":
         subject, mode = args
         stop = asyncio.Event()

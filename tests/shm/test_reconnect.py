@@ -73,7 +73,9 @@ async def test_service_answers_after_restart(broker: DaemonProcess, sock: str) -
 
 
 async def test_call_in_flight_raises_closed_not_a_hang(broker: DaemonProcess, sock: str) -> None:
-    async with await klieo_shm.connect(f"shm://{sock}") as bus:
+    # direct=0: the request goes through the broker (a direct one outlives
+    # it: test_direct)
+    async with await klieo_shm.connect(f"shm://{sock}?direct=0") as bus:
         got, release = asyncio.Event(), asyncio.Event()
 
         async def hang(payload: bytes) -> bytes:
