@@ -8,7 +8,10 @@ would not see its server go (its request would wait for its timeout).
 
 So right after a fork the child replaces each descriptor registered here
 with ``/dev/null``: its copy is gone and the descriptor number stays taken,
-so the child's objects that still name it close nothing else later.
+so the child's objects that still name it close nothing else later. A
+descriptor is replaced only if it is still the file that was registered
+(device and inode): one closed without :func:`let_go` (a socket the garbage
+collector closed) and reused for another file is left alone.
 """
 
 from __future__ import annotations
@@ -18,19 +21,25 @@ import os
 
 __all__ = ["hold", "let_go"]
 
-_HELD: set[int] = set()
+_HELD: dict[int, tuple[int, int]] = {}  # fd -> (st_dev, st_ino)
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
 
 
 def hold(fd: int) -> None:
     """A child forked from now on lets go of ``fd``."""
-    _HELD.add(fd)
+    with contextlib.suppress(OSError):
+        _HELD[fd] = _identity(fd)
 
 
 def let_go(fd: int) -> None:
     """Stop holding ``fd``: call it *before* closing ``fd``, so that a fork
     in between leaks the descriptor rather than have the child replace a
     number that was reused meanwhile."""
-    _HELD.discard(fd)
+    _HELD.pop(fd, None)
 
 
 def _in_child() -> None:
@@ -38,9 +47,10 @@ def _in_child() -> None:
         return
     null = os.open(os.devnull, os.O_RDWR)
     try:
-        for fd in _HELD:
+        for fd, identity in _HELD.items():
             with contextlib.suppress(OSError):
-                os.dup2(null, fd)
+                if _identity(fd) == identity:
+                    os.dup2(null, fd)
     finally:
         os.close(null)
     _HELD.clear()

@@ -137,7 +137,8 @@ _READY_SENDS: Final[dict[Role, frozenset[type[Any]]]] = {
     ),
 }
 # On a direct link (Connection.direct) the requester is the "client" and the
-# serving client the "server"; READY from the start, and only these pass.
+# serving client the "server"; READY from the start, and only these pass (not
+# even an Error: either side just closes the link).
 _DIRECT_SENDS: Final[dict[Role, frozenset[type[Any]]]] = {
     "client": frozenset({Request}),
     "server": frozenset({Reply, Result}),
@@ -156,7 +157,7 @@ def _next_state(
     sends: dict[Role, frozenset[type[Any]]] = _READY_SENDS,
 ) -> State | None:
     if etype is Error:
-        return "CLOSED" if state in _ERROR_FROM else None
+        return "CLOSED" if state in _ERROR_FROM and sends is _READY_SENDS else None
     if state == "READY":
         sender: Role = role if direction == "send" else ("server" if role == "client" else "client")
         return "READY" if etype in sends[sender] else None

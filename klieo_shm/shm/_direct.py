@@ -19,9 +19,9 @@ What the requester sees is what it sees through the broker: a server that
 dies mid-request fails it at once (EOF on the link); a server that no
 longer serves the subject answers ``NotFound`` before running anything, and
 the request goes through the broker instead, as it does when the link
-cannot be opened. A serving client accepts only peers of its own uid
-(``SO_PEERCRED``); a requester takes a direct route only to servers of its
-own uid.
+cannot be opened. Both ends check the other's uid (``SO_PEERCRED``): a link joins two
+processes of one uid only, and a requester takes a direct route only to
+servers the broker lists with its uid.
 
 Fork: a forked child lets go of its copies of the parent's listener and
 links at once (``klieo_shm._inherit``), so that a parent that dies is seen
@@ -46,6 +46,7 @@ from ..protocol import (
     NEED_DATA,
     Connection,
     Event,
+    LocalProtocolError,
     Reply,
     Request,
     Result,
@@ -56,6 +57,8 @@ __all__ = ["HOT_FOR", "DirectLinks", "DirectServer", "ServeLink"]
 
 _READ: Final = 64 << 10
 _CRED: Final = struct.Struct("3i")
+MAX_ERROR_MESSAGE: Final = 4096
+"""Bytes of a handler's error message that reach the requester."""
 HOT_FOR: Final = 0.001
 """Seconds after a direct request during which its server counts as busy:
 on a spinning loop it spins while waiting for the next one."""
@@ -102,6 +105,23 @@ class _Stream(asyncio.BufferedProtocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def feed(self, conn: Connection, data: memoryview, on_event: Callable[[Any], None]) -> None:
+        """Feed ``data`` to ``conn`` and hand each complete event to
+        ``on_event``; a frame that ends the link (or breaks the protocol)
+        closes it."""
+        try:
+            conn.receive_data(data)
+            while True:
+                ev = conn.next_event()
+                if ev is NEED_DATA:
+                    return
+                if ev is CLOSED:
+                    break
+                on_event(ev)
+        except ProtocolError:
+            pass
+        self.abort()
+
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._view
 
@@ -132,27 +152,20 @@ class _Link:
         self.stream: _Stream | None = None
 
     def on_data(self, data: memoryview) -> None:
-        conn = self.conn
-        try:
-            conn.receive_data(data)
-            while True:
-                ev = conn.next_event()
-                if ev is NEED_DATA or ev is CLOSED:
-                    return
-                if isinstance(ev, Reply):
-                    fut = self.calls.pop(ev.call_id, None)
-                    if fut is not None and not fut.done():
-                        fut.set_result(ev.payload)
-                elif isinstance(ev, Result):
-                    fut = self.calls.pop(ev.call_id, None)
-                    if fut is not None and not fut.done():
-                        fut.set_result(ev)
-        except ProtocolError:
-            self.abort()
+        if self.stream is not None:
+            self.stream.feed(self.conn, data, self._answered)
+
+    def _answered(self, ev: Reply | Result) -> None:
+        """A call's answer: the reply's payload, or the ``Result`` of an error."""
+        fut = self.calls.pop(ev.call_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(ev.payload if type(ev) is Reply else ev)
 
     def stream_for(self, on_lost: Callable[[_Link], None]) -> _Stream:
-        """The protocol of this link's connection."""
-        self.stream = _Stream(self.on_data, lambda: on_lost(self))
+        """The protocol of this link's connection (closed at once if the
+        listener runs as another uid: an abstract name is anybody's to take
+        once its owner let it go)."""
+        self.stream = _Stream(self.on_data, lambda: on_lost(self), True)
         return self.stream
 
     def abort(self) -> None:
@@ -178,6 +191,7 @@ class DirectLinks:
     def __init__(self) -> None:
         self._links: dict[str, _Link] = {}
         self._opening: dict[str, asyncio.Future[_Link | None]] = {}
+        self._closed = False
         self.pending = 0
         """Requests awaiting their reply on a link."""
 
@@ -192,12 +206,19 @@ class DirectLinks:
         """The reply to ``payload`` from the server at ``address``, or
         ``None`` when it could not take the request (no link, or it does not
         serve ``subject`` any more): then nothing ran, and the caller asks
-        the broker. Raises ``TimeoutError`` after ``timeout`` seconds,
-        ``Closed`` when the server went away mid-request, and the error a
-        ``Result`` carries (``HandlerError``...)."""
+        the broker. Raises ``TimeoutError`` after ``timeout`` seconds (opening
+        the link included), ``Closed`` when the server went away
+        mid-request, and the error a ``Result`` carries (``HandlerError``...)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         link = self._links.get(address)
+        if link is not None and link.conn.max_frame != max_frame:  # the broker's limit changed
+            link.abort()
+            link = None
         if link is None:
-            link = await self._open(address, max_frame)
+            if self._closed:
+                return None
+            link = await asyncio.wait_for(self._open(address, max_frame), timeout)
             if link is None:
                 return None
         transport = link.stream.transport if link.stream is not None else None
@@ -205,12 +226,11 @@ class DirectLinks:
             return None  # ending: its loss is on its way
         link.ids += 1
         call_id = link.ids
-        loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         transport.write(link.conn.send(Request(call_id, subject, payload, timeout)))
         link.calls[call_id] = fut
         self.pending += 1
-        timer = loop.call_later(timeout, _expire, fut)
+        timer = loop.call_at(deadline, _expire, fut)
         try:
             out = await fut
         except _Gone:
@@ -238,7 +258,10 @@ class DirectLinks:
         opened: _Link | None = None
         try:
             await loop.create_unix_connection(lambda: link.stream_for(self._lost), address)
-            self._links[address] = opened = link
+            if self._closed:  # closed while connecting: the broker path says Closed
+                link.abort()
+            else:
+                self._links[address] = opened = link
         except OSError:  # refused: its server is gone (the broker will say so)
             pass
         finally:
@@ -252,7 +275,9 @@ class DirectLinks:
         link.fail_all()
 
     def close(self) -> None:
-        """Close every link; requests in flight on them fail with ``Closed``."""
+        """Close every link, and open no more; requests in flight on them
+        fail with ``Closed``."""
+        self._closed = True
         links, self._links = self._links, {}
         for link in links.values():
             link.abort()
@@ -262,6 +287,7 @@ class DirectLinks:
         """In a forked child: drop the parent's links without touching them."""
         self._links = {}
         self._opening = {}
+        self._closed = False
         self.pending = 0
 
 
@@ -281,21 +307,28 @@ class ServeLink:
         handler's error (``error_type`` names it, ``payload`` holds its
         message), which the requester raises as ``HandlerError``."""
         if error_type:
-            exc = HandlerError(subject, error_type, payload.decode(errors="replace"))
-            self.fail(call_id, exc)
-        else:
-            self._send(Reply(call_id, payload))
+            message = payload[:MAX_ERROR_MESSAGE].decode(errors="replace")
+            self.fail(call_id, HandlerError(subject, error_type, message))
+        elif not self._send(Reply(call_id, payload)):
+            self.fail(call_id, BusError(f"the reply to a request on {subject!r} cannot be sent"))
 
     def fail(self, call_id: int, exc: BusError) -> None:
         """Answer request ``call_id`` with ``exc``."""
         name, args = error_to_wire(exc)
         self._send(Result(call_id, None, name, args))
 
-    def _send(self, event: Event) -> None:
+    def _send(self, event: Event) -> bool:
+        """Write ``event``; False when it cannot be encoded (over the frame
+        limit): the link goes on."""
         stream = self.stream
         if stream is None or stream.transport is None or stream.transport.is_closing():
-            return  # the requester left: nobody waits for it
-        stream.transport.write(self.conn.send(event))
+            return True  # the requester left: nobody waits for it
+        try:
+            data = self.conn.send(event)
+        except LocalProtocolError:
+            return False
+        stream.transport.write(data)
+        return True
 
 
 class DirectServer:
@@ -323,16 +356,17 @@ class DirectServer:
             sock.bind(address)
             sock.listen(128)
             sock.setblocking(False)
-            self._fd = sock.fileno()
-            hold(self._fd)
-            self._server = await asyncio.get_running_loop().create_unix_server(
-                self._accept, sock=sock
+            # does not yield without start_serving: a concurrent start finds it
+            server = await asyncio.get_running_loop().create_unix_server(
+                self._accept, sock=sock, start_serving=False
             )
         except BaseException:
-            let_go(self._fd)
             sock.close()
             raise
-        self.address = address
+        self._fd = sock.fileno()
+        hold(self._fd)
+        self._server, self.address = server, address
+        await server.start_serving()  # close() undoes it, should this be cancelled
         return address
 
     def _accept(self) -> _Stream:
@@ -344,19 +378,9 @@ class DirectServer:
         return link.stream
 
     def _on_data(self, link: ServeLink, data: memoryview) -> None:
-        conn = link.conn
         self.hot_until = time.perf_counter() + HOT_FOR
-        try:
-            conn.receive_data(data)
-            while True:
-                ev = conn.next_event()
-                if ev is NEED_DATA or ev is CLOSED:
-                    return
-                assert isinstance(ev, Request)  # Connection.direct lets nothing else in
-                self.on_request(link, ev)
-        except ProtocolError:
-            if link.stream is not None:
-                link.stream.abort()
+        if link.stream is not None:  # Connection.direct lets only Request in
+            link.stream.feed(link.conn, data, lambda ev: self.on_request(link, ev))
 
     def close(self) -> None:
         """Stop listening and close every link (requests in flight on them
@@ -364,6 +388,7 @@ class DirectServer:
         server, self._server = self._server, None
         if server is not None:
             let_go(self._fd)
+            self._fd = -1
             server.close()
         self.address = ""
         links, self._links = self._links, set()
@@ -374,5 +399,6 @@ class DirectServer:
     def forget(self) -> None:
         """In a forked child: drop the parent's listener without touching it."""
         self._server = None
+        self._fd = -1
         self.address = ""
         self._links = set()

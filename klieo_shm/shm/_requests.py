@@ -72,12 +72,15 @@ class ShmRequestReply(RequestReply):
         self._routes: dict[str, list[str] | None] = {}
         self._epoch = -1
         self._gen = -1
-        self._rr = 0
+        self._rr = 0  # round robin over a route's servers
+        self._rr_serve = 0  # round robin over this client's services of a subject
         self._uid = os.getuid()
         client.on_incoming = self._on_incoming
         client.also_awaiting = self._awaiting
 
     def _awaiting(self) -> bool:
+        if self._fork != _forks[0]:
+            return False  # the parent's requests and services, not ours
         return self._links.pending > 0 or time.perf_counter() < self._listener.hot_until
 
     def _check_fork(self) -> None:
@@ -102,10 +105,17 @@ class ShmRequestReply(RequestReply):
             raise PayloadTooLarge(len(data), client.max_payload)
         try:
             if self._direct:
+                loop = client.loop()
+                deadline = loop.time() + timeout
                 value = await self._request_direct(subject, data, timeout)
                 if value is not None:
                     return value
-            value = await client.request(subject, data, timeout)
+                left = deadline - loop.time()  # the rest goes through the broker
+                if left <= 0:
+                    raise TimeoutError
+                value = await client.request(subject, data, left)
+            else:
+                value = await client.request(subject, data, timeout)
         except TimeoutError:
             raise Timeout(f"request on {subject!r}", timeout) from None
         if not isinstance(value, bytes):  # a Result, not a Reply, answered it
@@ -114,7 +124,8 @@ class ShmRequestReply(RequestReply):
 
     async def _request_direct(self, subject: str, data: bytes, timeout: float) -> bytes | None:
         """The reply over a direct link, or ``None`` when the request is to
-        go through the broker (nothing ran)."""
+        go through the broker (nothing ran). ``TimeoutError`` after
+        ``timeout`` seconds, asking the broker for the route included."""
         client = self._client
         epoch = client.store_words[SERVICES_WORD]
         if epoch != self._epoch or client.gen != self._gen or self._fork != _forks[0]:
@@ -123,7 +134,12 @@ class ShmRequestReply(RequestReply):
             self._epoch, self._gen = epoch, client.gen
         route = self._routes.get(subject, _UNKNOWN)
         if route is _UNKNOWN:
-            route = await self._route(subject)
+            loop = client.loop()
+            deadline = loop.time() + timeout
+            route = await self._route(subject, timeout)
+            timeout = deadline - loop.time()
+            if timeout <= 0:
+                raise TimeoutError
         if not route:
             return None
         self._rr += 1
@@ -133,11 +149,12 @@ class ShmRequestReply(RequestReply):
             self._routes.pop(subject, None)
         return value
 
-    async def _route(self, subject: str) -> list[str] | None:
+    async def _route(self, subject: str, timeout: float) -> list[str] | None:
         """Ask the broker where the servers of ``subject`` are (``NotFound``
-        when nobody serves it), and keep the answer while it holds."""
+        when nobody serves it; ``TimeoutError`` after ``timeout`` seconds),
+        and keep the answer while it holds."""
         gen = self._client.gen
-        answer = await self._client.call("route", {"subject": subject})
+        answer = await self._client.call("route", {"subject": subject}, timeout)
         epoch, direct = answer["epoch"], answer["direct"]
         route: list[str] | None = None
         if direct and all(uid == self._uid for _, uid in direct):
@@ -209,8 +226,8 @@ class ShmRequestReply(RequestReply):
         if not ids:  # stopped meanwhile: its requester asks the broker
             link.fail(ev.call_id, NotFound("server for subject", ev.subject))
             return
-        self._rr += 1
-        handler = self._handlers[ids[self._rr % len(ids)]]
+        self._rr_serve += 1
+        handler = self._handlers[ids[self._rr_serve % len(ids)]]
         call_id, subject = ev.call_id, ev.subject
         self._run(handler, ev.payload, lambda p, e: link.answer(call_id, subject, p, e))
 

@@ -60,3 +60,16 @@ def test_a_server_on_a_direct_link_refuses_a_call() -> None:
     with pytest.raises(RemoteProtocolError):
         server.next_event()
     assert server.state == "ERROR"
+
+
+def test_neither_side_of_a_direct_link_sends_or_takes_an_error_frame() -> None:
+    from klieo_shm.protocol import Error
+
+    with pytest.raises(LocalProtocolError):
+        Connection.direct("server", FRAME).send(Error("x", "y"))
+    broker_side = Connection("server")
+    broker_side.state = "READY"
+    requester = Connection.direct("client", FRAME)
+    requester.receive_data(broker_side.send(Error("x", "y")))
+    with pytest.raises(RemoteProtocolError):
+        requester.next_event()

@@ -260,3 +260,94 @@ def test_the_url_turns_direct_links_off_with_direct_0(url: str, direct: bool) ->
 def test_the_url_refuses_other_values_of_direct() -> None:
     with pytest.raises(klieo_shm.InvalidArgument):
         direct_of("shm:///s?direct=yes")
+
+
+async def test_a_request_whose_route_the_broker_does_not_answer_times_out(
+    broker: DaemonProcess, sock: str
+) -> None:
+    async with bus_on(sock) as server, bus_on(sock) as client:
+        await server.requests.serve("d.unasked", lambda p: p)
+        async with paused(broker):
+            # no route kept for it yet: asking the broker counts in the timeout
+            with pytest.raises(klieo_shm.Timeout):
+                await asyncio.wait_for(client.requests.request("d.unasked", b"x", 0.5), WAIT)
+
+
+async def test_services_started_at_once_share_one_listener(daemon: str) -> None:
+    async with bus_on(daemon) as server:
+        await asyncio.gather(*(server.requests.serve(f"d.at-once.{i}", echo) for i in range(3)))
+        with RawClient(daemon) as asker:
+            asker.hello()
+            addresses = {
+                _call(asker, i + 1, "route", subject=f"d.at-once.{i}").value["direct"][0][0]
+                for i in range(3)
+            }
+    assert len(addresses) == 1
+
+
+async def test_a_huge_error_message_reaches_the_requester_cut_and_the_link_goes_on(
+    daemon: str,
+) -> None:
+    async with bus_on(daemon) as server, bus_on(daemon) as client:
+
+        def handler(payload: bytes) -> bytes:
+            if payload == b"fail":
+                raise ValueError("!" * (4 << 20))  # over any frame
+            return payload
+
+        await server.requests.serve("d.huge", handler)
+        with pytest.raises(klieo_shm.HandlerError) as caught:
+            await client.requests.request("d.huge", b"fail", WAIT)
+        assert 0 < str(caught.value).count("!") <= 4096
+        assert await client.requests.request("d.huge", b"fine", WAIT) == b"fine"
+
+
+def echo(payload: bytes) -> bytes:
+    return payload
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a listener as another uid")
+async def test_a_requester_does_not_talk_to_a_listener_of_another_uid(daemon: str) -> None:
+    """An abstract name is anybody's once its owner let it go: a listener of
+    another uid that took it gets no request, and the request goes through
+    the broker."""
+    name = f"klieo-direct-rogue.{os.getpid()}.{id(daemon)}"
+    forged = Connection.direct("server", 1 << 20).send(Reply(1, b"forged"))
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the rogue: another uid, answers whatever comes with a forged reply
+        code = 1
+        try:
+            os.close(ready_r)
+            os.setuid(65534)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+                listener.bind("\0" + name)
+                listener.listen(8)
+                os.write(ready_w, b"!")
+                listener.settimeout(WAIT)
+                peer, _ = listener.accept()
+                with peer, contextlib.suppress(OSError):
+                    peer.recv(1 << 16)
+                    peer.sendall(forged)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    try:
+        assert await asyncio.to_thread(os.read, ready_r, 1) == b"!"
+        async with (
+            bus_on(f"{daemon}?direct=0") as server,
+            bus_on(daemon) as a,
+            bus_on(daemon) as client,
+        ):
+            await server.requests.serve("d.rogue", tagger(b"real"))
+            await a.requests.serve("d.known", echo)
+            assert await client.requests.request("d.known", b"x", WAIT) == b"x"  # epoch kept
+            routes = client.requests._routes  # type: ignore[attr-defined]
+            routes["d.rogue"] = ["\0" + name]  # as if the broker had named it
+            assert await client.requests.request("d.rogue", b"x", WAIT) == b"real"
+    finally:
+        os.close(ready_r)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        await asyncio.to_thread(os.waitpid, pid, 0)
