@@ -75,16 +75,18 @@ class _Link:
         self.portal = Portal(spin_us=self.spin_us)
         self.bus: _bus.Bus = self.portal.call(_bus.connect(url))
         self.kv_get_local = _get_local(self.bus)
+        self.request_local = _request_local(self.bus)
 
     def run(self, make: Callable[[_bus.Bus], Coroutine[Any, Any, T]]) -> T:
         with self._lock:
             if self.closed:
                 raise Closed(self.url)
             if not self.portal.owned_here:
-                self.kv_get_local = None
+                self.kv_get_local = self.request_local = None
                 self.portal = Portal(spin_us=self.spin_us)
                 self.bus = self.portal.call(_bus.connect(self.url))
                 self.kv_get_local = _get_local(self.bus)
+                self.request_local = _request_local(self.bus)
             portal, bus = self.portal, self.bus
         return portal.call(make(bus))
 
@@ -102,6 +104,11 @@ class _Link:
 def _get_local(bus: _bus.Bus) -> Callable[[str, str], Any] | None:
     """The backend's optional thread-safe ``kv.get_local``, if it has one."""
     return getattr(bus.kv, "get_local", None)
+
+
+def _request_local(bus: _bus.Bus) -> Callable[[str, bytes, float, float], Any] | None:
+    """The backend's optional thread-safe ``requests.request_local``."""
+    return getattr(bus.requests, "request_local", None)
 
 
 class _Handle(Generic[A]):
@@ -325,7 +332,13 @@ class RequestReply(_Facade):
     __slots__ = ()
 
     def request(self, subject: str, payload: bytes, timeout: float) -> bytes:
-        return self._link.run(lambda b: b.requests.request(subject, payload, timeout))
+        link = self._link
+        local = link.request_local
+        if local is not None and not link.closed and link.portal.owned_here:
+            found = local(subject, payload, timeout, link.spin_us)  # no loop hop
+            if found is not NEEDS_ROUND_TRIP:
+                return found  # type: ignore[no-any-return]
+        return link.run(lambda b: b.requests.request(subject, payload, timeout))
 
     def serve(self, subject: str, handler: Callable[[bytes], bytes]) -> Service:
         async def in_thread(payload: bytes) -> bytes:

@@ -53,7 +53,7 @@ from ..protocol import (
 )
 from ..protocol._wire_errors import error_from_wire, error_to_wire
 
-__all__ = ["HOT_FOR", "DirectLinks", "DirectServer", "ServeLink"]
+__all__ = ["HOT_FOR", "MAX_ERROR_MESSAGE", "DirectLinks", "DirectServer", "ServeLink", "peer_is_us"]
 
 _READ: Final = 64 << 10
 _CRED: Final = struct.Struct("3i")
@@ -64,8 +64,8 @@ HOT_FOR: Final = 0.001
 on a spinning loop it spins while waiting for the next one."""
 
 
-def _own_uid(sock: socket.socket | Any) -> bool:
-    """Whether the peer of ``sock`` runs as our uid."""
+def peer_is_us(sock: socket.socket | Any) -> bool:
+    """Whether the peer of the connected Unix socket ``sock`` runs as our uid."""
     try:
         _, uid, _ = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
     except OSError:
@@ -97,7 +97,7 @@ class _Stream(asyncio.BufferedProtocol):
         sock = transport.get_extra_info("socket")
         self.fd = sock.fileno()
         hold(self.fd)
-        if self.check_peer and not _own_uid(sock):
+        if self.check_peer and not peer_is_us(sock):
             transport.abort()
 
     def abort(self) -> None:

@@ -27,11 +27,12 @@ from .._errors import BusError, Closed, NotFound, PayloadTooLarge, Timeout
 from .._handles import Service
 from .._interfaces import Handler, RequestReply
 from .._names import validate_subject
-from .._values import as_bytes, check_duration
+from .._values import NEEDS_ROUND_TRIP, _NeedsRoundTrip, as_bytes, check_duration
 from ..layout import SERVICES_WORD
 from ..protocol import Incoming, Request, Respond
 from ._client import ShmClient, _forks
 from ._direct import DirectLinks, DirectServer, ServeLink
+from ._thread_links import ThreadLinks
 
 __all__ = ["ShmRequestReply"]
 
@@ -65,6 +66,7 @@ class ShmRequestReply(RequestReply):
         self._direct = direct
         self._listener = DirectServer(self._on_direct)
         self._links = DirectLinks()
+        self._thread_links = ThreadLinks()
         self._fork = _forks[0]
         # where the servers of a subject are: direct addresses, or None
         # (through the broker); good while the services epoch and the
@@ -88,6 +90,7 @@ class ShmRequestReply(RequestReply):
             self._fork = _forks[0]
             self._listener.forget()
             self._links.forget()
+            self._thread_links = ThreadLinks()  # its lock may have been held at the fork
             self._routes.clear()
 
     async def request(self, subject: str, payload: bytes, timeout: float) -> bytes:
@@ -120,6 +123,44 @@ class ShmRequestReply(RequestReply):
             raise Timeout(f"request on {subject!r}", timeout) from None
         if not isinstance(value, bytes):  # a Result, not a Reply, answered it
             raise BusError(f"malformed reply to request on {subject!r}")
+        return value
+
+    def request_local(
+        self, subject: str, payload: bytes, timeout: float, spin_us: float = 0.0
+    ) -> bytes | _NeedsRoundTrip:
+        """``request`` from any thread, without the event loop, on a direct
+        route this bus already knows (polling for up to ``spin_us`` before
+        it blocks); ``NEEDS_ROUND_TRIP``, with nothing run, when only the
+        loop can do it (no route known or still good, a link that cannot be
+        opened, a server that stopped serving the subject...). Only reads
+        what the loop keeps: routes are looked up and kept on the loop."""
+        client = self._client
+        if (
+            not self._direct
+            or type(subject) is not str
+            or type(payload) is not bytes
+            or subject not in self._valid
+            or self._fork != _forks[0]
+            or not client.connected
+            or client.gen != self._gen
+            or client.store_words[SERVICES_WORD] != self._epoch
+            or len(payload) > client.max_payload
+        ):
+            return NEEDS_ROUND_TRIP
+        route = self._routes.get(subject)
+        if not route:
+            return NEEDS_ROUND_TRIP
+        timeout = check_duration("timeout", timeout)
+        self._rr += 1
+        address = route[self._rr % len(route)]
+        try:
+            value = self._thread_links.request(
+                address, subject, payload, timeout, client.max_frame, spin_us
+            )
+        except TimeoutError:
+            raise Timeout(f"request on {subject!r}", timeout) from None
+        if value is NEEDS_ROUND_TRIP:
+            self._routes.pop(subject, None)  # not there any more: ask the broker
         return value
 
     async def _request_direct(self, subject: str, data: bytes, timeout: float) -> bytes | None:
@@ -297,6 +338,7 @@ class ShmRequestReply(RequestReply):
         self._check_fork()
         self._listener.close()
         self._links.close()
+        self._thread_links.close()
         self._routes.clear()
         for task in list(self._tasks):
             task.cancel()
