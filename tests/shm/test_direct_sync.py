@@ -36,6 +36,18 @@ def _block_loop(bus: klieo_shm.sync.Bus) -> tuple[threading.Event, threading.Eve
     return release, gave_up
 
 
+def _hangs_on_hang(started: asyncio.Event):  # type: ignore[no-untyped-def]
+    """An echo handler that never answers ``b"hang"`` (setting ``started``)."""
+
+    async def handler(payload: bytes) -> bytes:
+        if payload == b"hang":
+            started.set()
+            await asyncio.Event().wait()
+        return payload
+
+    return handler
+
+
 async def test_a_known_route_is_used_from_the_calling_thread(
     daemon: str, client: klieo_shm.sync.Bus
 ) -> None:
@@ -79,12 +91,7 @@ async def test_a_request_fails_at_once_when_the_serving_bus_closes(
     daemon: str, client: klieo_shm.sync.Bus
 ) -> None:
     started = asyncio.Event()
-
-    async def handler(payload: bytes) -> bytes:
-        if payload == b"hang":
-            started.set()
-            await asyncio.Event().wait()
-        return payload
+    handler = _hangs_on_hang(started)
 
     server = await klieo_shm.connect(f"shm://{daemon}")
     try:
@@ -103,12 +110,7 @@ async def test_a_request_fails_at_once_when_the_serving_bus_closes(
 
 async def test_closing_the_bus_wakes_a_thread_waiting_on_a_link(daemon: str) -> None:
     started = asyncio.Event()
-
-    async def handler(payload: bytes) -> bytes:
-        if payload == b"hang":
-            started.set()
-            await asyncio.Event().wait()
-        return payload
+    handler = _hangs_on_hang(started)
 
     async with bus_on(daemon) as server:
         await server.requests.serve("s.wait", handler)
