@@ -19,9 +19,9 @@ What the requester sees is what it sees through the broker: a server that
 dies mid-request fails it at once (EOF on the link); a server that no
 longer serves the subject answers ``NotFound`` before running anything, and
 the request goes through the broker instead, as it does when the link
-cannot be opened. Both ends check the other's uid (``SO_PEERCRED``): a link joins two
-processes of one uid only, and a requester takes a direct route only to
-servers the broker lists with its uid.
+cannot be opened. Both ends check the other's uid (``SO_PEERCRED``): a link
+joins two processes of one uid only, and a requester takes a direct route
+only to servers the broker lists with its uid.
 
 Fork: a forked child lets go of its copies of the parent's listener and
 links at once (``klieo_shm._inherit``), so that a parent that dies is seen
