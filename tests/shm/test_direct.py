@@ -351,3 +351,34 @@ async def test_a_requester_does_not_talk_to_a_listener_of_another_uid(daemon: st
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         await asyncio.to_thread(os.waitpid, pid, 0)
+
+
+async def test_a_thousand_requests_keep_their_own_replies_while_a_server_is_killed(
+    daemon: str,
+) -> None:
+    """Two server processes, many requests in flight, one server SIGKILLed:
+    every request gets its own payload back, or Closed/NotFound at once for
+    those the dead one held; none hangs, none gets another's reply."""
+    async with (
+        bus_on(daemon) as client,
+        worker(daemon, "serve", "d.pair", "echo") as a,
+        worker(daemon, "serve", "d.pair", "echo") as b,
+    ):
+        await a.expect("ready")
+        await b.expect("ready")
+
+        async def one(i: int) -> bool | None:
+            payload = b"request %d" % i
+            try:
+                return await client.requests.request("d.pair", payload, WAIT) == payload
+            except (klieo_shm.Closed, klieo_shm.NotFound):
+                return None  # it was on the killed server
+
+        assert all(await asyncio.gather(*(one(i) for i in range(200))))
+        pending = [asyncio.ensure_future(one(i)) for i in range(200, 1200)]
+        a.proc.kill()
+        during = await asyncio.gather(*pending)
+        after = await asyncio.gather(*(one(i) for i in range(1200, 1400)))
+    assert False not in during + after
+    assert during.count(True) >= 1
+    assert after.count(True) >= 1
