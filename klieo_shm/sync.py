@@ -7,7 +7,10 @@ workers and scripts. A bus runs its async backend on a private event-loop
 thread; a bus used in a forked child notices the new pid and reconnects on
 first use (handles taken before the fork — streams, leases, claims — belong
 to the parent and are not usable in the child). Request handlers given to
-``serve`` run in a worker thread, so they may block.
+``serve`` run in a worker thread, so they may block. Two calls skip the hop
+to the loop thread when they can: a KV ``get`` reads the mapped table, and a
+``request`` on a direct route the bus already knows goes on a socket of the
+calling thread (see ``klieo_shm.shm._thread_links``).
 
 A broker restart is ridden through as by the async flavour (its client
 reconnects on the loop thread): streams, services and watches resume, and a
