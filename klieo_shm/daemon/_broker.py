@@ -573,9 +573,9 @@ class Broker:
         servers = self.services.get(subject) if isinstance(subject, str) else None
         if not servers:
             raise NotFound("server for subject", validate_subject(subject))
-        direct: list[list[Any]] | None = [[x.direct, x.uid] for x, _ in servers]
-        if any(not x.direct for x, _ in servers):
-            direct = None
+        direct = None
+        if all(x.direct for x, _ in servers):
+            direct = [[x.direct, x.uid] for x, _ in servers]
         return {"epoch": self.services_epoch, "direct": direct}
 
     def _services_changed(self) -> None:

@@ -15,11 +15,11 @@ import os
 import signal
 import socket
 import stat
-import struct
 from typing import Final
 
 import psutil
 
+from .._peercred import peer_credentials
 from .._spin import SpinningEventLoop
 from ._broker import Broker, Session
 from ._config import BrokerConfig
@@ -31,7 +31,6 @@ log = logging.getLogger("klieo.shmd")
 TICK: Final = 0.02
 READ_BUFFER: Final = 64 << 10
 """Bytes read per ``recv`` on one connection (a bigger frame takes several)."""
-_CRED: Final = struct.Struct("3i")
 
 
 class _Conn(asyncio.BufferedProtocol):
@@ -69,9 +68,7 @@ class _Conn(asyncio.BufferedProtocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         sock = transport.get_extra_info("socket")
-        pid, uid, gid = _CRED.unpack(
-            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size)
-        )
+        pid, uid, gid = peer_credentials(sock)
         try:
             start = psutil.Process(pid).create_time()
         except psutil.Error:

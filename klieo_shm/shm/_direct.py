@@ -34,13 +34,13 @@ import asyncio
 import os
 import secrets
 import socket
-import struct
 import time
 from collections.abc import Callable
 from typing import Any, Final
 
 from .._errors import BusError, Closed, HandlerError, NotFound, ProtocolError
 from .._inherit import hold, let_go
+from .._peercred import peer_credentials
 from ..protocol import (
     CLOSED,
     NEED_DATA,
@@ -53,10 +53,19 @@ from ..protocol import (
 )
 from ..protocol._wire_errors import error_from_wire, error_to_wire
 
-__all__ = ["HOT_FOR", "MAX_ERROR_MESSAGE", "DirectLinks", "DirectServer", "ServeLink", "peer_is_us"]
+__all__ = [
+    "HOT_FOR",
+    "MAX_ERROR_MESSAGE",
+    "READ_SIZE",
+    "DirectLinks",
+    "DirectServer",
+    "LinkGone",
+    "ServeLink",
+    "peer_is_us",
+]
 
-_READ: Final = 64 << 10
-_CRED: Final = struct.Struct("3i")
+READ_SIZE: Final = 64 << 10
+"""Bytes a link reads at once."""
 MAX_ERROR_MESSAGE: Final = 4096
 """Bytes of a handler's error message that reach the requester."""
 HOT_FOR: Final = 0.001
@@ -67,10 +76,9 @@ on a spinning loop it spins while waiting for the next one."""
 def peer_is_us(sock: socket.socket | Any) -> bool:
     """Whether the peer of the connected Unix socket ``sock`` runs as our uid."""
     try:
-        _, uid, _ = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
+        return peer_credentials(sock)[1] == os.getuid()
     except OSError:
         return False
-    return bool(uid == os.getuid())
 
 
 class _Stream(asyncio.BufferedProtocol):
@@ -89,7 +97,7 @@ class _Stream(asyncio.BufferedProtocol):
         self.check_peer = check_peer
         self.fd = -1
         self.transport: asyncio.Transport | None = None
-        self._view = memoryview(bytearray(_READ))
+        self._view = memoryview(bytearray(READ_SIZE))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -137,7 +145,7 @@ class _Stream(asyncio.BufferedProtocol):
 
 
 # --- the requester's side ------------------------------------------------------
-class _Gone(Exception):
+class LinkGone(Exception):
     """The link ended with the call in flight."""
 
 
@@ -176,7 +184,7 @@ class _Link:
         calls, self.calls = self.calls, {}
         for fut in calls.values():
             if not fut.done():
-                fut.set_exception(_Gone())
+                fut.set_exception(LinkGone())
 
 
 def _expire(fut: asyncio.Future[Any]) -> None:
@@ -233,7 +241,7 @@ class DirectLinks:
         timer = loop.call_at(deadline, _expire, fut)
         try:
             out = await fut
-        except _Gone:
+        except LinkGone:
             raise Closed(f"server of {subject!r}", "went away mid-request") from None
         finally:
             self.pending -= 1

@@ -110,13 +110,11 @@ class ShmRequestReply(RequestReply):
             if self._direct:
                 loop = client.loop()
                 deadline = loop.time() + timeout
-                value = await self._request_direct(subject, data, timeout)
+                value = await self._request_direct(subject, data, loop, deadline)
                 if value is not None:
                     return value
-                left = deadline - loop.time()  # the rest goes through the broker
-                if left <= 0:
-                    raise TimeoutError
-                value = await client.request(subject, data, left)
+                # the rest of the time goes through the broker
+                value = await client.request(subject, data, _left(loop, deadline))
             else:
                 value = await client.request(subject, data, timeout)
         except TimeoutError:
@@ -163,10 +161,12 @@ class ShmRequestReply(RequestReply):
             self._routes.pop(subject, None)  # not there any more: ask the broker
         return value
 
-    async def _request_direct(self, subject: str, data: bytes, timeout: float) -> bytes | None:
+    async def _request_direct(
+        self, subject: str, data: bytes, loop: asyncio.AbstractEventLoop, deadline: float
+    ) -> bytes | None:
         """The reply over a direct link, or ``None`` when the request is to
-        go through the broker (nothing ran). ``TimeoutError`` after
-        ``timeout`` seconds, asking the broker for the route included."""
+        go through the broker (nothing ran). ``TimeoutError`` at ``deadline``
+        (``loop`` time), asking the broker for the route included."""
         client = self._client
         epoch = client.store_words[SERVICES_WORD]
         if epoch != self._epoch or client.gen != self._gen or self._fork != _forks[0]:
@@ -175,17 +175,14 @@ class ShmRequestReply(RequestReply):
             self._epoch, self._gen = epoch, client.gen
         route = self._routes.get(subject, _UNKNOWN)
         if route is _UNKNOWN:
-            loop = client.loop()
-            deadline = loop.time() + timeout
-            route = await self._route(subject, timeout)
-            timeout = deadline - loop.time()
-            if timeout <= 0:
-                raise TimeoutError
+            route = await self._route(subject, _left(loop, deadline))
         if not route:
             return None
         self._rr += 1
         address = route[self._rr % len(route)]
-        value = await self._links.request(address, subject, data, timeout, client.max_frame)
+        value = await self._links.request(
+            address, subject, data, _left(loop, deadline), client.max_frame
+        )
         if value is None:  # not there any more: ask the broker next time
             self._routes.pop(subject, None)
         return value
@@ -345,3 +342,11 @@ class ShmRequestReply(RequestReply):
 
 
 _UNKNOWN: Final[Any] = object()
+
+
+def _left(loop: asyncio.AbstractEventLoop, deadline: float) -> float:
+    """Seconds to ``deadline``; ``TimeoutError`` once it passed."""
+    left = deadline - loop.time()
+    if left <= 0:
+        raise TimeoutError
+    return left

@@ -19,7 +19,6 @@ import contextlib
 import socket
 import threading
 import time
-from typing import Final
 
 from .._errors import Closed, NotFound, ProtocolError
 from .._inherit import hold, let_go
@@ -27,15 +26,9 @@ from .._values import NEEDS_ROUND_TRIP, _NeedsRoundTrip
 from ..protocol import CLOSED, NEED_DATA, Connection, Reply, Request, Result
 from ..protocol._wire_errors import error_from_wire
 from ._client import _forks
-from ._direct import peer_is_us
+from ._direct import READ_SIZE, LinkGone, peer_is_us
 
 __all__ = ["ThreadLinks"]
-
-_READ: Final = 64 << 10
-
-
-class _Gone(Exception):
-    """The link ended with the call in flight."""
 
 
 class _Link:
@@ -101,7 +94,7 @@ class ThreadLinks:
             answer = self._wait(link, call_id, deadline, spin_us / 1e6)
         except TimeoutError:  # an OSError, but the link goes on
             raise
-        except (_Gone, ProtocolError, OSError):
+        except (LinkGone, ProtocolError, OSError):
             self._drop(links, address)
             why = "this bus was closed" if self.closed else "went away"
             raise Closed(f"server of {subject!r}", f"{why} mid-request") from None
@@ -122,7 +115,7 @@ class ThreadLinks:
                 conn.receive_data(_recv(sock, deadline, spin))
                 continue
             if ev is CLOSED:
-                raise _Gone
+                raise LinkGone
             if isinstance(ev, Reply | Result) and ev.call_id == call_id:
                 return ev
             # the answer to an earlier call of this thread that timed out
@@ -174,7 +167,7 @@ def _recv(sock: socket.socket, deadline: float, spin: float) -> bytes:
         end = min(deadline, time.monotonic() + spin)
         while True:
             try:
-                return sock.recv(_READ, socket.MSG_DONTWAIT)
+                return sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 if time.monotonic() >= end:
                     break
@@ -182,4 +175,4 @@ def _recv(sock: socket.socket, deadline: float, spin: float) -> bytes:
     if left <= 0:
         raise TimeoutError
     sock.settimeout(left)
-    return sock.recv(_READ)
+    return sock.recv(READ_SIZE)
