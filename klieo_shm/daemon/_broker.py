@@ -89,6 +89,7 @@ class Session:
         "source",
         "start_time",
         "uid",
+        "unread",
         "write",
     )
 
@@ -108,6 +109,9 @@ class Session:
         self.source: Source | None = None  # the arena, when batches may be kept in it
         self.deliveries: dict[int, tuple[Any, ...]] = {}  # id -> (member, msg, deadline, count)
         self.next_did = 1
+        # (delivery id, Block) of deliveries whose ack_wait passed before the
+        # client read their frame: each holds its block until the client has
+        self.unread: list[tuple[int, Any]] = []
         self.members: dict[int, Member] = {}
         self.parked: deque[tuple[PublishBatch, float]] = deque()  # (batch, deadline)
         self.services: dict[int, str] = {}  # svc_id -> subject

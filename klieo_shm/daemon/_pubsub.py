@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .._errors import InvalidArgument, NotFound
 from .._names import subject_matches, validate_subject
-from ..layout import SLOT, BuddyAllocator, check_slot, publish_usage
+from ..layout import SLOT, BuddyAllocator, check_slot, publish_usage, read_mark
 from ..protocol import (
     ACK_KIND_NAK,
     ACK_KIND_PROGRESS,
@@ -185,6 +185,7 @@ class PubsubState:
         self.kept_bytes = 0  # store bytes the kept blocks would take (buddy blocks)
         self.sources: dict[int, Source] = {}
         self.sessions: dict[int, Session] = {}
+        self.unread: set[Session] = set()  # sessions with ``Session.unread`` entries
         self.retire = retire
 
     # --- durables ------------------------------------------------------------
@@ -605,6 +606,7 @@ class PubsubState:
                 if (
                     cand.inflight < cfg.member_window
                     and cand.inflight_bytes < cfg.member_window_bytes
+                    and not cand.session.unread  # it does not read: send it nothing more
                 ):
                     m = cand
                     break
@@ -663,6 +665,8 @@ class PubsubState:
         are settled once per run of equal member (and block), not per id.
         """
         acked: dict[Consumer, array[int]] | None = {} if self.journal is not None else None
+        if s.unread:
+            self._reap_unread(s)
         try:
             self._ack_ranges(s, ranges, now, acked)
         finally:  # also when a bad range ends the call: what was settled is journalled
@@ -760,6 +764,8 @@ class PubsubState:
     # --- time ----------------------------------------------------------------
     def tick(self, now: float) -> None:
         """Redeliver what passed its ack_wait or nak delay; expire parked publishes."""
+        for s in list(self.unread):
+            self._reap_unread(s)
         delayed = self._delayed
         while delayed and delayed[0][0] <= now:
             _, _, c, msg, dcount = heapq.heappop(delayed)
@@ -783,11 +789,41 @@ class PubsubState:
                     c.counts[msg[0]] = dcount
                     c.pending.appendleft(msg)
                     self.dirty.add(c)
+                    self._hold_unread(s, did, msg[3])
         if self.parked:
             self._unpark(now)
 
+    def _hold_unread(self, s: Session, did: int, block: Block) -> None:
+        """Delivery ``did`` of ``s`` expired: if the client has not read its
+        frame yet, its block stays (its bytes unchanged) until it has."""
+        seg = s.arena_seg
+        if seg is None or s.closed or read_mark(seg.view) >= did:
+            return
+        block.refs += 1
+        s.unread.append((did, block))
+        self.unread.add(s)
+
+    def _reap_unread(self, s: Session, everything: bool = False) -> None:
+        """Let go of the blocks of expired deliveries ``s`` has read by now
+        (``everything``: all of them, the client being gone); once none is
+        left, its members get deliveries again."""
+        seg = s.arena_seg
+        mark = read_mark(seg.view) if seg is not None and not everything else -1
+        kept = []
+        for did, block in s.unread:
+            if everything or did <= mark:
+                self._release(block)
+            else:
+                kept.append((did, block))
+        s.unread = kept
+        if not kept:
+            self.unread.discard(s)
+            self.dirty.update(m.consumer for m in s.members.values())
+
     def drop_session(self, s: Session) -> None:
         """A client went away: its members leave, its parked publishes vanish."""
+        if s.unread:
+            self._reap_unread(s, everything=True)
         for m in list(s.members.values()):
             self._leave(m)
         s.members.clear()

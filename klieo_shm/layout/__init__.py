@@ -17,7 +17,9 @@ from ._arena import SLOT as SLOT
 from ._arena import RingAllocator as RingAllocator
 from ._arena import check_slot as check_slot
 from ._arena import init_arena as init_arena
+from ._arena import mark_read as mark_read
 from ._arena import open_arena as open_arena
+from ._arena import read_mark as read_mark
 from ._arena import write_slot as write_slot
 from ._fit import FitAllocator as FitAllocator
 from ._header import HEADER_SIZE as HEADER_SIZE

@@ -13,9 +13,10 @@ of large payloads (two copies end to end instead of three).
 Byte map::
 
     offset  size  field
-    0       64    common header (``_header``): magic b"KLIEOARN", version 2,
+    0       64    common header (``_header``): magic b"KLIEOARN", version 3,
                   data_size; word 3 = owner client id, word 4 = owner pid,
-                  word 5 = owner start time in microseconds since the epoch
+                  word 5 = owner start time in microseconds since the epoch,
+                  word 6 = read mark (below)
     64      n     data area: batch regions
 
 Each batch region in the data area::
@@ -31,6 +32,13 @@ refuse a frame that points at bytes its client did not write. When the
 client's socket closes and no kept batch of it is owed any more, the broker
 destroys the arena or keeps it as a spare for a later client (renamed, and
 handed out once the process that had it is gone).
+
+The read mark is the only header word the client writes: the highest
+delivery id of the delivery frames it has read, stored after it copied out
+every payload those frames name (0: none yet). The broker reads it to know
+when the store block (or kept region) of a delivery whose ack_wait passed
+unread may be reused: until the mark reaches that delivery, a late read of
+the frame must still find the message's own bytes.
 
 Allocation is the client's private business. When its broker keeps batches
 (``Welcome.keep_min`` > 0) the client splits the data area: a
@@ -57,12 +65,14 @@ __all__ = [
     "RingAllocator",
     "check_slot",
     "init_arena",
+    "mark_read",
     "open_arena",
+    "read_mark",
     "write_slot",
 ]
 
 ARENA_MAGIC: Final = b"KLIEOARN"
-ARENA_VERSION: Final = 2
+ARENA_VERSION: Final = 3
 SLOT: Final = struct.Struct("<IIQ")
 """owner client id u32, region_len u32, batch_no u64."""
 ALIGN: Final = 64
@@ -72,6 +82,7 @@ KEEP_ZONE: Final = 2
 _W_OWNER: Final = 3
 _W_PID: Final = 4
 _W_START: Final = 5
+_W_READ: Final = 6
 
 
 def init_arena(buf: memoryview, client_id: int, pid: int, start_us: int) -> int:
@@ -82,6 +93,19 @@ def init_arena(buf: memoryview, client_id: int, pid: int, start_us: int) -> int:
     write_word(buf, _W_PID, pid)
     write_word(buf, _W_START, start_us)
     return data_size
+
+
+def mark_read(buf: memoryview, delivery_id: int) -> None:
+    """Client side: every delivery frame up to ``delivery_id`` has been read
+    and its payloads copied out (``buf``: the whole segment)."""
+    # SYNC POINT: stored after the payload copies; read by read_mark
+    write_word(buf, _W_READ, delivery_id)
+
+
+def read_mark(buf: memoryview) -> int:
+    """Broker side: the highest delivery id whose frame the client has read."""
+    # SYNC POINT: observes mark_read
+    return read_word(buf, _W_READ)
 
 
 def open_arena(buf: memoryview, client_id: int) -> memoryview:

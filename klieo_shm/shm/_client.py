@@ -54,7 +54,7 @@ import posix_ipc
 from .._errors import BusError, Closed, Full, InvalidArgument, ProtocolError
 from .._inherit import hold, let_go
 from .._spin import SpinningEventLoop
-from ..layout import HEADER_SIZE, SLOT, open_arena, open_store, write_slot
+from ..layout import HEADER_SIZE, SLOT, mark_read, open_arena, open_store, write_slot
 from ..protocol import (
     ACK_KIND_ACK,
     CLOSED,
@@ -504,7 +504,9 @@ class ShmClient:
                 elif isinstance(ev, Reply):
                     self._answer(ev.call_id, ev.payload)
                 elif isinstance(ev, DeliverBatch):
-                    self.on_deliver(ev)
+                    self.on_deliver(ev)  # copies out every payload the frame names
+                    if self._arena_map is not None:
+                        mark_read(self._arena_map.view, ev.first_id + ev.count - 1)
                 elif isinstance(ev, PubAck):
                     self._on_puback(ev)
                 elif isinstance(ev, Incoming):

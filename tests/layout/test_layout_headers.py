@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from klieo_shm.layout import (
+    ARENA_VERSION,
     HEADER_SIZE,
     SERVICES_WORD,
     SLOT,
@@ -13,9 +14,11 @@ from klieo_shm.layout import (
     check_slot,
     init_arena,
     init_store,
+    mark_read,
     open_arena,
     open_store,
     publish_services_epoch,
+    read_mark,
     read_word,
     write_slot,
 )
@@ -29,6 +32,25 @@ def test_arena_header_round_trips_and_names_its_owner() -> None:
     assert len(data) == 4096
     with pytest.raises(ValueError, match="belongs to client 7"):
         open_arena(buf, 8)
+
+
+def test_arena_read_mark_starts_at_zero_and_is_the_clients_word() -> None:
+    buf = memoryview(bytearray(HEADER_SIZE + 4096))
+    buf[:HEADER_SIZE] = b"\xff" * HEADER_SIZE  # a spare arena's old header
+    init_arena(buf, client_id=7, pid=123, start_us=99)
+    assert read_mark(buf) == 0
+    mark_read(buf, 12345)
+    assert read_mark(buf) == 12345
+    assert read_word(buf, 5) == 99  # the owner's start time beside it is untouched
+
+
+def test_arena_of_version_2_has_no_read_mark_and_is_refused() -> None:
+    buf = memoryview(bytearray(HEADER_SIZE + 4096))
+    init_arena(buf, client_id=7, pid=123, start_us=99)
+    assert ARENA_VERSION == 3
+    buf[8] = 2
+    with pytest.raises(LayoutError, match="version 2"):
+        open_arena(buf, 7)
 
 
 def test_store_rejects_wrong_magic_and_version() -> None:
