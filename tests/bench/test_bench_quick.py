@@ -250,3 +250,21 @@ def test_journal_cost_lines() -> None:
     assert line1.startswith("journal cost: W1 0.90x of no-journal (bar >= 0.80x: met;")
     assert "rounds 0.80-1.00x" in line1
     assert line3.startswith("journal cost: W3 rtt 0.80x of no-journal (klieo p50 250 µs")
+
+
+@pytest.mark.parametrize(("part", "workload"), [("pubsub", "W1"), ("jobs", "W5")])
+def test_quick_run_against_a_bound_daemon(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch, part: str, workload: str
+) -> None:
+    """``tools.bench.bounds`` still serves the workload it bounds (it patches
+    private broker methods: a change there must show here), and
+    ``$KLIEO_SHMD`` runs the klieo peers against it."""
+    monkeypatch.setenv("KLIEO_SHMD", f"{sys.executable} -m tools.bench.bounds {part}")
+    code, data, stderr = run_bench(short_tmp, "--only", workload, "--peers", "klieo-nojournal")
+    assert code == 0, stderr[-2000:]
+    assert "tools.bench.bounds" in data["servers"]["klieo-nojournal"]["version"]
+    rows = [row for row in data["rows"] if row["peer"] == "klieo-nojournal"]
+    assert rows, data
+    for row in rows:
+        assert row["status"] == "ok", row
+        _check_figures(row)

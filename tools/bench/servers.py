@@ -16,6 +16,7 @@ import contextlib
 import functools
 import importlib.util
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -33,6 +34,8 @@ from tools.bench.workloads import klieo_peer
 
 NATS_MAX_PAYLOAD = 4 * 1024 * 1024  # W2 sends 1 MiB payloads: above nats-server's default
 START_TIMEOUT = 15.0
+KLIEO_SHMD_ENV = "KLIEO_SHMD"
+"""An environment variable: the command that runs klieo-shmd (default: the installed one)."""
 
 
 @dataclass
@@ -210,7 +213,8 @@ def _redis_ready(url: str) -> bool:
 
 def _start_klieo(srv: Server, journal: bool = True, spin_us: float = 0.0) -> None:
     """klieo-shmd on ``<tmpdir>/klieo.sock``: with its defaults, or ``--no-state``,
-    or ``--spin-us``.
+    or ``--spin-us``. ``$KLIEO_SHMD``, when set, is the command to run instead
+    (split as a shell would; the options follow it).
 
     The daemon's default state directory is on a tmpfs (beside the socket when the
     socket's directory is one, else under /dev/shm); the pool removes it when it
@@ -228,7 +232,10 @@ def _start_klieo(srv: Server, journal: bool = True, spin_us: float = 0.0) -> Non
     if spin_us:
         extra += ["--spin-us", f"{spin_us:g}"]
     exe = find_executable("klieo-shmd")
-    if exe is not None:
+    override = os.environ.get(KLIEO_SHMD_ENV)
+    if override:  # another daemon command, e.g. tools.bench.bounds
+        cmd = [*shlex.split(override), "--socket", str(sock), *extra]
+    elif exe is not None:
         cmd = [exe, "--socket", str(sock), *extra]
     elif _has_module("klieo_shm.daemon.__main__"):
         cmd = [sys.executable, "-m", "klieo_shm.daemon", "--socket", str(sock), *extra]
