@@ -93,6 +93,9 @@ def render(stats: dict[str, Any], socket_path: str) -> str:
         f"of {_mib(store_size)}",
         f"  kv table       {_mib(kv_used)} used, {_mib(kv_size - kv_used)} free of {_mib(kv_size)}",
     ]
+    unread = int(stats.get("unread_expired", 0))
+    if unread:  # see PubsubState._hold_unread
+        out.append(f"  ({unread} expired deliveries hold store space until read by their clients)")
     state = stats.get("state_dir")
     journal = int(stats.get("journal_bytes", 0))
     out.append(f"  journal        {_mib(journal)} in {state}" if state else "  journal        none")

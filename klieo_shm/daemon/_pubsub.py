@@ -797,6 +797,7 @@ class PubsubState:
         """Delivery ``did`` of ``s`` expired: if the client has not read its
         frame yet, its block stays (its bytes unchanged) until it has."""
         seg = s.arena_seg
+        # no arena (never while its session is open) or closing: nothing is read any more
         if seg is None or s.closed or read_mark(seg.view) >= did:
             return
         block.refs += 1
@@ -838,6 +839,8 @@ class PubsubState:
             "store_used": self.alloc.used,
             "store_size": self.alloc.size,
             "kept_batches": sum(len(src.live) for src in self.sources.values()),
+            # expired deliveries whose clients have not read them: blocks held
+            "unread_expired": sum(len(s.unread) for s in self.unread),
             "orphan_arenas": sum(1 for src in self.sources.values() if src.session is None),
             "consumers": {
                 name: {

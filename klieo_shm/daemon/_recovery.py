@@ -355,7 +355,18 @@ def _old_store(r: Recovered, state_dir: str) -> tuple[mmap.mmap | None, memoryvi
 
 
 def _arena_data(whole: memoryview) -> memoryview:
-    size = check_header(whole, ARENA_MAGIC, ARENA_VERSION)
+    """The data area of an arena left by an earlier broker: of this version,
+    or of version 2 (the same data area, before the read mark)."""
+    try:
+        size = check_header(whole, ARENA_MAGIC, ARENA_VERSION)
+    except LayoutError:
+        try:
+            size = check_header(whole, ARENA_MAGIC, 2)
+        except LayoutError:
+            pass
+        else:
+            return whole[HEADER_SIZE : HEADER_SIZE + size]
+        raise
     return whole[HEADER_SIZE : HEADER_SIZE + size]
 
 

@@ -49,8 +49,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, ClassVar, Final, TypeVar
 
-import posix_ipc
-
 from .._errors import BusError, Closed, Full, InvalidArgument, ProtocolError
 from .._inherit import hold, let_go
 from .._spin import SpinningEventLoop
@@ -84,7 +82,7 @@ from ..protocol import (
     Welcome,
 )
 from ..protocol._wire_errors import error_from_wire
-from ._arenas import SPILL_AFTER, PeerArenas, TxZones
+from ._arenas import MAP_ERRORS, SPILL_AFTER, PeerArenas, TxZones
 from ._maps import Mapping
 
 __all__ = [
@@ -365,7 +363,7 @@ class ShmClient:
             self.store_mm = self._store_map.mm
             self.store_words = self._store_map.view[:HEADER_SIZE].cast("Q")
             self.zones = TxZones(len(self.arena), welcome.keep_min)
-        except (OSError, ValueError, posix_ipc.Error) as exc:
+        except MAP_ERRORS as exc:  # LayoutError among them: another format version
             self._teardown()
             raise Closed(self.socket_path, f"cannot map the broker's segments: {exc}") from exc
         self.peers = PeerArenas(

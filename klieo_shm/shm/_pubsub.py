@@ -317,10 +317,10 @@ class ShmPubsub(Pubsub):
     def _kept_view(self, client_id: int) -> memoryview | None:
         """The data area of the arena a kept batch was delivered from, or
         None when it is gone: the broker keeps an arena while anything kept
-        in it is owed, so a delivery read after its arena went was resolved
-        elsewhere (its ack_wait passed while this client was not reading,
-        and another member acked it) and is dropped, as a late ack of it
-        would be ignored."""
+        in it is owed, and while a client it sent a delivery from it has not
+        read that far (the read mark). So a delivery read after its arena
+        went was resolved elsewhere after the broker dropped this client's
+        connection, and is dropped, as a late ack of it would be ignored."""
         peers = self._client.peers
         if peers is None:
             return None

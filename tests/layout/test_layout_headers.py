@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from klieo_shm.daemon._recovery import _arena_data
 from klieo_shm.layout import (
     ARENA_VERSION,
     HEADER_SIZE,
@@ -51,6 +52,11 @@ def test_arena_of_version_2_has_no_read_mark_and_is_refused() -> None:
     buf[8] = 2
     with pytest.raises(LayoutError, match="version 2"):
         open_arena(buf, 7)
+    # a restarted broker still reads the batches kept in one (same data area)
+    assert len(_arena_data(buf)) == 4096
+    buf[8] = 1
+    with pytest.raises(LayoutError, match="version 1"):
+        _arena_data(buf)
 
 
 def test_store_rejects_wrong_magic_and_version() -> None:

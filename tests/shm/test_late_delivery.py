@@ -5,6 +5,8 @@ sent it has not read that far."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from shm_helpers import RawClient
 
 from klieo_shm import sync
@@ -52,6 +54,7 @@ def test_a_delivery_read_after_its_ack_wait_keeps_its_payload(daemon: str) -> No
             assert bytes(store.view[start : start + pl]) == b"a" * SIZE
         finally:
             store.close()
+        assert _stats(slow, 2)["unread_expired"] == 1  # its block is still held
         # until it has read that far, `slow` is sent nothing more; once its
         # read mark says so (as a client writes it), deliveries resume
         arena = Mapping(welcome.arena_name, welcome.arena_size, writable=True)
@@ -63,3 +66,12 @@ def test_a_delivery_read_after_its_ack_wait_keeps_its_payload(daemon: str) -> No
         [ev] = slow.read(1)
         assert isinstance(ev, DeliverBatch)
         assert ev.count == 1
+        assert _stats(slow, 3)["unread_expired"] == 0
+
+
+def _stats(client: RawClient, call_id: int) -> dict[str, Any]:
+    client.send(Call(call_id, "stats", {}))
+    [res] = client.read(1)
+    assert isinstance(res, Result)
+    assert isinstance(res.value, dict)
+    return res.value

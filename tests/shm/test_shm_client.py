@@ -293,3 +293,25 @@ async def test_one_batch_of_mixed_headers_keeps_each_message_intact(sock: str, s
         ]
         await bus.pubsub.ack_many(got)
         await bus.close()
+
+
+async def test_a_segment_of_another_format_version_gives_closed_naming_it(
+    daemon: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that reads another arena format than its broker writes (an
+    older or newer klieo_shm) fails to connect with ``Closed`` naming the
+    versions, and the broker goes on serving others."""
+    import klieo_shm.layout._arena as arena_layout
+
+    with monkeypatch.context() as patched:
+        patched.setattr(arena_layout, "ARENA_VERSION", arena_layout.ARENA_VERSION + 1)
+        with pytest.raises(klieo_shm.Closed, match="segment format version"):
+            await klieo_shm.connect(f"shm://{daemon}")
+    bus = await klieo_shm.connect(f"shm://{daemon}")
+    try:
+        await bus.kv.put("after", "k", b"v")
+        got = await bus.kv.get("after", "k")
+        assert got is not None
+        assert got.value == b"v"
+    finally:
+        await bus.close()
