@@ -185,7 +185,6 @@ class PubsubState:
         self.kept_bytes = 0  # store bytes the kept blocks would take (buddy blocks)
         self.sources: dict[int, Source] = {}
         self.sessions: dict[int, Session] = {}
-        self.unread: set[Session] = set()  # sessions with ``Session.unread`` entries
         self.retire = retire
 
     # --- durables ------------------------------------------------------------
@@ -665,8 +664,6 @@ class PubsubState:
         are settled once per run of equal member (and block), not per id.
         """
         acked: dict[Consumer, array[int]] | None = {} if self.journal is not None else None
-        if s.unread:
-            self._reap_unread(s)
         try:
             self._ack_ranges(s, ranges, now, acked)
         finally:  # also when a bad range ends the call: what was settled is journalled
@@ -764,8 +761,9 @@ class PubsubState:
     # --- time ----------------------------------------------------------------
     def tick(self, now: float) -> None:
         """Redeliver what passed its ack_wait or nak delay; expire parked publishes."""
-        for s in list(self.unread):
-            self._reap_unread(s)
+        for s in self.sessions.values():
+            if s.unread:
+                self._reap_unread(s)
         delayed = self._delayed
         while delayed and delayed[0][0] <= now:
             _, _, c, msg, dcount = heapq.heappop(delayed)
@@ -802,7 +800,6 @@ class PubsubState:
             return
         block.refs += 1
         s.unread.append((did, block))
-        self.unread.add(s)
 
     def _reap_unread(self, s: Session, everything: bool = False) -> None:
         """Let go of the blocks of expired deliveries ``s`` has read by now
@@ -818,7 +815,6 @@ class PubsubState:
                 kept.append((did, block))
         s.unread = kept
         if not kept:
-            self.unread.discard(s)
             self.dirty.update(m.consumer for m in s.members.values())
 
     def drop_session(self, s: Session) -> None:
@@ -840,7 +836,7 @@ class PubsubState:
             "store_size": self.alloc.size,
             "kept_batches": sum(len(src.live) for src in self.sources.values()),
             # expired deliveries whose clients have not read them: blocks held
-            "unread_expired": sum(len(s.unread) for s in self.unread),
+            "unread_expired": sum(len(s.unread) for s in self.sessions.values()),
             "orphan_arenas": sum(1 for src in self.sources.values() if src.session is None),
             "consumers": {
                 name: {

@@ -360,13 +360,7 @@ def _arena_data(whole: memoryview) -> memoryview:
     try:
         size = check_header(whole, ARENA_MAGIC, ARENA_VERSION)
     except LayoutError:
-        try:
-            size = check_header(whole, ARENA_MAGIC, 2)
-        except LayoutError:
-            pass
-        else:
-            return whole[HEADER_SIZE : HEADER_SIZE + size]
-        raise
+        size = check_header(whole, ARENA_MAGIC, 2)  # raises for any other version
     return whole[HEADER_SIZE : HEADER_SIZE + size]
 
 

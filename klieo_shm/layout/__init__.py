@@ -13,6 +13,7 @@ from ._arena import ALIGN as ALIGN
 from ._arena import ARENA_MAGIC as ARENA_MAGIC
 from ._arena import ARENA_VERSION as ARENA_VERSION
 from ._arena import KEEP_ZONE as KEEP_ZONE
+from ._arena import READ_MARK_WORD as READ_MARK_WORD
 from ._arena import SLOT as SLOT
 from ._arena import RingAllocator as RingAllocator
 from ._arena import check_slot as check_slot

@@ -61,6 +61,7 @@ __all__ = [
     "ARENA_MAGIC",
     "ARENA_VERSION",
     "KEEP_ZONE",
+    "READ_MARK_WORD",
     "SLOT",
     "RingAllocator",
     "check_slot",
@@ -82,7 +83,8 @@ KEEP_ZONE: Final = 2
 _W_OWNER: Final = 3
 _W_PID: Final = 4
 _W_START: Final = 5
-_W_READ: Final = 6
+READ_MARK_WORD: Final = 6
+"""The header word of the read mark (see above), as 8-byte words count."""
 
 
 def init_arena(buf: memoryview, client_id: int, pid: int, start_us: int) -> int:
@@ -99,13 +101,13 @@ def mark_read(buf: memoryview, delivery_id: int) -> None:
     """Client side: every delivery frame up to ``delivery_id`` has been read
     and its payloads copied out (``buf``: the whole segment)."""
     # SYNC POINT: stored after the payload copies; read by read_mark
-    write_word(buf, _W_READ, delivery_id)
+    write_word(buf, READ_MARK_WORD, delivery_id)
 
 
 def read_mark(buf: memoryview) -> int:
     """Broker side: the highest delivery id whose frame the client has read."""
     # SYNC POINT: observes mark_read
-    return read_word(buf, _W_READ)
+    return read_word(buf, READ_MARK_WORD)
 
 
 def open_arena(buf: memoryview, client_id: int) -> memoryview:

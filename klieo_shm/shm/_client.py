@@ -52,7 +52,7 @@ from typing import Any, ClassVar, Final, TypeVar
 from .._errors import BusError, Closed, Full, InvalidArgument, ProtocolError
 from .._inherit import hold, let_go
 from .._spin import SpinningEventLoop
-from ..layout import HEADER_SIZE, SLOT, mark_read, open_arena, open_store, write_slot
+from ..layout import HEADER_SIZE, READ_MARK_WORD, SLOT, open_arena, open_store, write_slot
 from ..protocol import (
     ACK_KIND_ACK,
     CLOSED,
@@ -253,6 +253,7 @@ class ShmClient:
         # the store's whole mapping (header first), to copy payloads out of
         self.store_mm: mmap.mmap | bytes = b""
         self.store_words = _NO_WORDS  # the store's header as 8-byte words
+        self.arena_words = _NO_WORDS  # the arena's, likewise
         self.zones = TxZones(1 << 20, 0)
         self.peers: PeerArenas | None = None  # arenas kept batches are read from
         self._out: list[bytes] = []
@@ -362,6 +363,7 @@ class ShmClient:
             self.store = open_store(self._store_map.view)
             self.store_mm = self._store_map.mm
             self.store_words = self._store_map.view[:HEADER_SIZE].cast("Q")
+            self.arena_words = self._arena_map.view[:HEADER_SIZE].cast("Q")
             self.zones = TxZones(len(self.arena), welcome.keep_min)
         except MAP_ERRORS as exc:  # LayoutError among them: another format version
             self._teardown()
@@ -402,7 +404,7 @@ class ShmClient:
             self.peers = None
         self.arena = self.store = memoryview(b"")
         self.store_mm = b""
-        self.store_words = _NO_WORDS
+        self.store_words = self.arena_words = _NO_WORDS
         for m in (self._arena_map, self._store_map):
             if m is not None:
                 m.close()
@@ -503,8 +505,9 @@ class ShmClient:
                     self._answer(ev.call_id, ev.payload)
                 elif isinstance(ev, DeliverBatch):
                     self.on_deliver(ev)  # copies out every payload the frame names
-                    if self._arena_map is not None:
-                        mark_read(self._arena_map.view, ev.first_id + ev.count - 1)
+                    words = self.arena_words  # the read mark, as layout.mark_read stores it
+                    if words is not _NO_WORDS:
+                        words[READ_MARK_WORD] = ev.first_id + ev.count - 1
                 elif isinstance(ev, PubAck):
                     self._on_puback(ev)
                 elif isinstance(ev, Incoming):
